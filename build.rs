@@ -1,0 +1,42 @@
+//! Embeds an rpath to the project-local libtorch so the binary runs without
+//! LD_LIBRARY_PATH. torch-sys finds libtorch at build time (through `LIBTORCH` or the
+//! python on PATH with `LIBTORCH_USE_PYTORCH=1`); we ask the same places where its
+//! `lib/` folder is and write that folder into every binary and test we link.
+use std::path::PathBuf;
+use std::process::Command;
+
+fn libtorch_lib_dir() -> Option<PathBuf> {
+    if let Ok(lib) = std::env::var("LIBTORCH_LIB") {
+        return Some(PathBuf::from(lib).join("lib"));
+    }
+    if let Ok(root) = std::env::var("LIBTORCH") {
+        return Some(PathBuf::from(root).join("lib"));
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import os, torch; print(os.path.dirname(torch.__file__))",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let root = String::from_utf8(out.stdout).ok()?;
+    Some(PathBuf::from(root.trim()).join("lib"))
+}
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_LIB");
+    println!("cargo:rerun-if-env-changed=PYTHON");
+    println!("cargo:rerun-if-changed=build.rs");
+    if let Some(dir) = libtorch_lib_dir() {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    } else {
+        println!(
+            "cargo:warning=libtorch not found: run `make build` (scripts/setup_libtorch.sh) first"
+        );
+    }
+}

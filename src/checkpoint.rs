@@ -1,0 +1,256 @@
+//! Checkpoints: a directory with `model.safetensors` (GPT-2 parameter names),
+//! `optimizer.safetensors` (AdamW moments and step) and `state.json` (format version,
+//! step, configs, tokenizer, data source, best validation loss).
+//!
+//! Writing is atomic: everything goes to `NAME.tmp/`, is fsynced, and the directory is
+//! renamed into place (the previous one is first moved to `NAME.old/`, removed last).
+//! A crash at any instant leaves either the old or the new checkpoint whole, and
+//! [`resolve`] finds whichever exists. Loading checks the format version, every tensor
+//! name and shape, and says what does not match.
+
+use crate::config::{ModelConfig, TrainConfig};
+use crate::model::Gpt;
+use crate::optim::AdamW;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result, Step};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
+
+/// Bumped whenever `state.json` or the tensor names change meaning.
+pub const FORMAT_VERSION: u32 = 1;
+/// The checkpoint written every `--checkpoint-every` steps and at the end.
+pub const LATEST: &str = "ckpt-latest";
+/// The checkpoint with the lowest validation loss so far.
+pub const BEST: &str = "ckpt-best";
+
+/// Where the training data came from, so `eval` can find it again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
+    pub root: PathBuf,
+    pub ext: String,
+}
+
+/// Everything in `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    /// Optimizer updates done.
+    pub step: Step,
+    pub tokens_seen: u64,
+    pub best_val_loss: Option<f64>,
+    pub last_val_loss: Option<f64>,
+    /// nanoGPT's `model_args` field names.
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub tokenizer: Tokenizer,
+    pub data: DataSpec,
+    /// Training time so far, summed over resumed sessions.
+    pub elapsed_s: f64,
+    /// Steps skipped because the loss or gradient was not finite.
+    pub nonfinite_skipped: u64,
+}
+
+/// The checkpoint directory `path` refers to: itself if it holds `state.json`, else its
+/// `ckpt-latest/` (or `ckpt-latest.old/`, left by a crash in the middle of a swap).
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if !path.exists() {
+        return Err(Error::checkpoint(
+            path,
+            "does not exist; train one with `sympathy train --out DIR` first",
+        ));
+    }
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for name in [LATEST.to_string(), format!("{LATEST}.old")] {
+        let dir = path.join(name);
+        if dir.join("state.json").is_file() {
+            return Ok(dir);
+        }
+    }
+    Err(Error::checkpoint(
+        path,
+        format!("has no state.json and no {LATEST}/; is it a sympathy run folder?"),
+    ))
+}
+
+/// Reads and checks `state.json` of checkpoint directory `dir`.
+pub fn read_state(dir: &Path) -> Result<State> {
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path)
+        .map_err(|e| Error::checkpoint(&path, format!("cannot read: {e}")))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::checkpoint(
+            &path,
+            format!("is not valid JSON ({e}); the file is corrupt"),
+        )
+    })?;
+    match value.get("format_version").and_then(|v| v.as_u64()) {
+        Some(v) if v == FORMAT_VERSION as u64 => {}
+        Some(v) => {
+            return Err(Error::checkpoint(
+                &path,
+                format!("has format version {v}, this sympathy reads version {FORMAT_VERSION}; use the sympathy that wrote it"),
+            ))
+        }
+        None => return Err(Error::checkpoint(&path, "has no format_version; it was not written by sympathy")),
+    }
+    serde_json::from_value(value)
+        .map_err(|e| Error::checkpoint(&path, format!("does not match the expected fields: {e}")))
+}
+
+/// Reads `file` (safetensors) into the variables of `vs`, checking names and shapes first.
+pub fn load_tensors_into(vs: &nn::VarStore, file: &Path) -> Result<()> {
+    let tensors = read_tensors(file)?;
+    let mut vars = vs.variables();
+    for (name, t) in &tensors {
+        let Some(var) = vars.get(name) else {
+            return Err(Error::checkpoint(
+                file,
+                format!("has tensor {name} that the model does not have"),
+            ));
+        };
+        if var.size() != t.size() {
+            return Err(Error::checkpoint(
+                file,
+                format!("tensor {name} has shape {:?} but the config needs {:?}; config and weights disagree", t.size(), var.size()),
+            ));
+        }
+    }
+    tch::no_grad(|| {
+        for (name, t) in &tensors {
+            if let Some(var) = vars.get_mut(name) {
+                var.copy_(t);
+            }
+        }
+    });
+    if let Some(name) = vars.keys().find(|n| !tensors.iter().any(|(m, _)| m == *n)) {
+        return Err(Error::checkpoint(
+            file,
+            format!("has no tensor {name}; the file is incomplete"),
+        ));
+    }
+    Ok(())
+}
+
+/// All tensors of a safetensors file, with a checkpoint error for a corrupt one.
+pub fn read_tensors(file: &Path) -> Result<Vec<(String, Tensor)>> {
+    if !file.is_file() {
+        return Err(Error::checkpoint(
+            file,
+            "is missing; the checkpoint is incomplete",
+        ));
+    }
+    Tensor::read_safetensors(file).map_err(|e| {
+        Error::checkpoint(
+            file,
+            format!("is corrupt or truncated ({e}); restore it or retrain"),
+        )
+    })
+}
+
+/// A model loaded from a checkpoint, ready for inference or more training.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub vs: nn::VarStore,
+    pub model: Gpt,
+    pub state: State,
+}
+
+/// Loads the checkpoint that `path` refers to (see [`resolve`]) onto `device`.
+pub fn load(path: &Path, device: Device) -> Result<Loaded> {
+    let dir = resolve(path)?;
+    let state = read_state(&dir)?;
+    state.model.validate().map_err(|e| {
+        Error::checkpoint(dir.join("state.json"), format!("invalid model config: {e}"))
+    })?;
+    let vs = nn::VarStore::new(device);
+    let model = Gpt::new(&vs.root(), &state.model);
+    load_tensors_into(&vs, &dir.join("model.safetensors"))?;
+    Ok(Loaded {
+        dir,
+        vs,
+        model,
+        state,
+    })
+}
+
+/// Restores the optimizer state saved in checkpoint directory `dir`.
+pub fn load_optimizer(dir: &Path, opt: &mut AdamW) -> Result<()> {
+    let file = dir.join("optimizer.safetensors");
+    let tensors = read_tensors(&file)?;
+    opt.load_state(&tensors, &file)
+}
+
+/// Writes a checkpoint to `run_dir/name/` atomically (see the module docs). On failure
+/// the previous checkpoint is untouched, and the error says so.
+pub fn save_atomically(
+    run_dir: &Path,
+    name: &str,
+    vs: &nn::VarStore,
+    opt: &AdamW,
+    state: &State,
+) -> Result<PathBuf> {
+    let final_dir = run_dir.join(name);
+    let tmp = run_dir.join(format!("{name}.tmp"));
+    let old = run_dir.join(format!("{name}.old"));
+    let fail = |what: String| {
+        let _ = fs::remove_dir_all(&tmp);
+        let kept = if final_dir.exists() {
+            format!(
+                "; the previous checkpoint in {} is intact",
+                final_dir.display()
+            )
+        } else {
+            String::new()
+        };
+        Error::checkpoint(&tmp, format!("{what}{kept}"))
+    };
+    let write = || -> std::result::Result<(), String> {
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)
+                .map_err(|e| format!("cannot clear a stale temporary folder: {e}"))?;
+        }
+        fs::create_dir_all(&tmp).map_err(|e| format!("cannot create: {e}"))?;
+        let model_file = tmp.join("model.safetensors");
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        Tensor::write_safetensors(&named, &model_file)
+            .map_err(|e| format!("cannot write model.safetensors: {e}"))?;
+        Tensor::write_safetensors(&opt.state_tensors(), tmp.join("optimizer.safetensors"))
+            .map_err(|e| format!("cannot write optimizer.safetensors: {e}"))?;
+        let json = serde_json::to_string_pretty(state).expect("state serialises");
+        fs::write(tmp.join("state.json"), json)
+            .map_err(|e| format!("cannot write state.json: {e}"))?;
+        for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+            fsync(&tmp.join(f)).map_err(|e| format!("cannot flush {f} to disk: {e}"))?;
+        }
+        fsync(&tmp).map_err(|e| format!("cannot flush the folder: {e}"))
+    };
+    write().map_err(fail)?;
+    // The swap: old checkpoint aside, new one in, old one gone. `resolve` copes with a
+    // crash between any two of these renames.
+    if final_dir.exists() {
+        let _ = fs::remove_dir_all(&old);
+        fs::rename(&final_dir, &old)
+            .map_err(|e| fail(format!("cannot move the previous checkpoint aside: {e}")))?;
+    }
+    fs::rename(&tmp, &final_dir).map_err(|e| {
+        Error::checkpoint(
+            &final_dir,
+            format!(
+                "cannot rename into place: {e}; the previous checkpoint is in {}",
+                old.display()
+            ),
+        )
+    })?;
+    let _ = fsync(run_dir);
+    let _ = fs::remove_dir_all(&old);
+    Ok(final_dir)
+}
+
+fn fsync(path: &Path) -> std::io::Result<()> {
+    fs::File::open(path)?.sync_all()
+}

@@ -1,0 +1,232 @@
+//! Model and training configuration, the presets that set their defaults, and the
+//! device choice. Field names follow nanoGPT (`n_layer`, `n_head`, `n_embd`,
+//! `block_size`, `vocab_size`, `bias`, `dropout`) so a `state.json` reads like a
+//! nanoGPT `model_args` and checkpoints convert by name.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The shape of the GPT (nanoGPT's `GPTConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub n_layer: i64,
+    pub n_head: i64,
+    pub n_embd: i64,
+    /// The context length: the most positions the model can see (`wpe` has this many rows).
+    pub block_size: i64,
+    pub vocab_size: i64,
+    /// Linear layers and LayerNorms carry a bias (as GPT-2 does).
+    pub bias: bool,
+    pub dropout: f64,
+}
+
+impl ModelConfig {
+    /// Checks what would otherwise fail deep inside libtorch, naming the flag to change.
+    pub fn validate(&self) -> Result<()> {
+        for (flag, v) in [
+            ("--n-layer", self.n_layer),
+            ("--n-head", self.n_head),
+            ("--n-embd", self.n_embd),
+            ("--block-size", self.block_size),
+            ("vocab_size", self.vocab_size),
+        ] {
+            if v <= 0 {
+                return Err(Error::config(flag, format!("must be positive, got {v}")));
+            }
+        }
+        if self.n_embd % self.n_head != 0 {
+            return Err(Error::config(
+                "--n-embd",
+                format!(
+                    "{} is not divisible by --n-head {}; pick n_embd as a multiple of n_head",
+                    self.n_embd, self.n_head
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config(
+                "--dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `D`, the width of one attention head.
+    pub fn head_dim(&self) -> i64 {
+        self.n_embd / self.n_head
+    }
+}
+
+/// How to train: optimizer, schedule, batch and stopping rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Windows per micro-batch (`B`).
+    pub batch_size: i64,
+    /// Micro-batches whose gradients are summed before one optimizer step.
+    pub grad_accum: i64,
+    pub max_steps: u64,
+    /// Wall-clock budget; training stops (and checkpoints) at whichever of this and
+    /// `max_steps` comes first.
+    pub max_minutes: Option<f64>,
+    /// Peak learning rate, reached at the end of warmup.
+    pub lr: f64,
+    /// The cosine schedule decays to this (10 % of the peak by default).
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Gradients are rescaled so that their global L2 norm is at most this (0 = off).
+    pub grad_clip: f64,
+    pub eval_every: u64,
+    /// Validation loss is the mean over this many fixed windows of the validation stream.
+    pub eval_windows: i64,
+    pub checkpoint_every: u64,
+    pub seed: u64,
+}
+
+/// Named defaults. `tiny` is for tests, `small` is the CPU default of `make demo`,
+/// `seed` is the original project's GPU model (≈25.6M parameters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Tiny,
+    Small,
+    Seed,
+}
+
+impl Preset {
+    pub fn model(self, vocab_size: i64) -> ModelConfig {
+        let (n_layer, n_head, n_embd, block_size) = match self {
+            Preset::Tiny => (2, 2, 32, 16),
+            Preset::Small => (4, 4, 128, 128),
+            Preset::Seed => (8, 8, 512, 512),
+        };
+        ModelConfig {
+            n_layer,
+            n_head,
+            n_embd,
+            block_size,
+            vocab_size,
+            bias: true,
+            dropout: 0.0,
+        }
+    }
+
+    pub fn train(self) -> TrainConfig {
+        let base = TrainConfig {
+            batch_size: 16,
+            grad_accum: 1,
+            max_steps: 1000,
+            max_minutes: None,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup_steps: 100,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            eval_every: 250,
+            eval_windows: 256,
+            checkpoint_every: 500,
+            seed: 1337,
+        };
+        match self {
+            Preset::Tiny => TrainConfig {
+                batch_size: 8,
+                max_steps: 50,
+                warmup_steps: 5,
+                eval_every: 25,
+                eval_windows: 32,
+                checkpoint_every: 25,
+                ..base
+            },
+            Preset::Small => TrainConfig {
+                batch_size: 32,
+                max_steps: 4000,
+                lr: 3e-3,
+                min_lr: 3e-4,
+                warmup_steps: 100,
+                eval_every: 500,
+                checkpoint_every: 1000,
+                max_minutes: Some(16.0),
+                ..base
+            },
+            Preset::Seed => TrainConfig {
+                batch_size: 32,
+                max_steps: 5000,
+                lr: 6e-4,
+                min_lr: 6e-5,
+                warmup_steps: 200,
+                eval_every: 500,
+                eval_windows: 128,
+                checkpoint_every: 1000,
+                ..base
+            },
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size <= 0 {
+            return Err(Error::config(
+                "--batch-size",
+                format!("must be positive, got {}", self.batch_size),
+            ));
+        }
+        if self.grad_accum <= 0 {
+            return Err(Error::config(
+                "--grad-accum",
+                format!("must be positive, got {}", self.grad_accum),
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::config(
+                "--lr",
+                format!("must be a positive number, got {}", self.lr),
+            ));
+        }
+        if self.eval_every == 0 {
+            return Err(Error::config("--eval-every", "must be positive"));
+        }
+        if self.eval_windows <= 0 {
+            return Err(Error::config("--eval-windows", "must be positive"));
+        }
+        if let Some(m) = self.max_minutes {
+            if !(m > 0.0) {
+                return Err(Error::config(
+                    "--max-minutes",
+                    format!("must be positive, got {m}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where tensors live. `auto` picks CUDA when libtorch sees a GPU, else the CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceChoice {
+    pub fn resolve(self) -> Result<tch::Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+            DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(Error::config(
+                "--device",
+                "cuda requested but libtorch sees no GPU; use --device cpu",
+            )),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Causal multi-head self-attention (Vaswani et al. 2017, §3.2.2), the one place where
+//! positions exchange information.
+//!
+//! Each position emits a query, a key and a value (one fused Linear, `c_attn`, as in
+//! GPT-2). Position `t` mixes the values of positions `≤ t`, weighted by
+//! `softmax(q·k / sqrt(D))`; the causal mask is what makes the model a *language* model,
+//! since it may never peek at the token it is asked to predict.
+//!
+//! Two kernels compute the same thing. [`attention_reference`] writes the mask and the
+//! softmax out and returns the attention weights (used by `explain`, and as the
+//! reference in tests). The forward pass uses libtorch's fused
+//! `scaled_dot_product_attention`, which never materialises the (T, T) matrix in
+//! memory-efficient or flash form. A test checks that the two agree.
+
+use crate::config::ModelConfig;
+use crate::kv_cache::LayerCache;
+use crate::model::{linear, residual_std, INIT_STD};
+use tch::{nn, Kind, Tensor};
+
+#[derive(Debug)]
+pub struct CausalSelfAttention {
+    /// C -> 3C: queries, keys and values in one matmul.
+    c_attn: nn::Linear,
+    /// C -> C: mixes the heads back into the residual stream.
+    c_proj: nn::Linear,
+    n_head: i64,
+    dropout: f64,
+}
+
+impl CausalSelfAttention {
+    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
+        let c = cfg.n_embd;
+        CausalSelfAttention {
+            c_attn: linear(&p / "c_attn", c, 3 * c, cfg, INIT_STD),
+            c_proj: linear(&p / "c_proj", c, c, cfg, residual_std(cfg)),
+            n_head: cfg.n_head,
+            dropout: cfg.dropout,
+        }
+    }
+
+    /// (B, T, C) -> q, k, v, each (B, H, T, D).
+    fn qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
+        let d = c / self.n_head;
+        let qkv = x.apply(&self.c_attn).split(c, 2); // 3 × (B, T, C)
+        let heads = |t_: &Tensor| t_.view([b, t, self.n_head, d]).transpose(1, 2); // (B, T, C) -> (B, H, T, D)
+        (heads(&qkv[0]), heads(&qkv[1]), heads(&qkv[2]))
+    }
+
+    /// (B, H, T, D) -> (B, T, C), then the output projection (and residual dropout).
+    fn merge(&self, y: Tensor, train: bool) -> Tensor {
+        let (b, h, t, d) = y.size4().expect("attention output is (B, H, T, D)");
+        let y = y.transpose(1, 2).contiguous().view([b, t, h * d]); // (B, H, T, D) -> (B, T, C)
+        y.apply(&self.c_proj).dropout(self.dropout, train)
+    }
+
+    /// x: (B, T, C) -> (B, T, C). With a cache, `x` holds only the new positions; their
+    /// keys and values are appended to the cache and the queries attend to all of them.
+    pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
+        let (q, k, v) = self.qkv(x);
+        let t_new = q.size()[2];
+        let (k, v, t_past) = match cache {
+            None => (k, v, 0),
+            Some(cache) => {
+                let t_past = cache.len();
+                let (k, v) = cache.append(&k, &v); // (B, H, T_past + T, D)
+                (k, v, t_past)
+            }
+        };
+        let dropout = if train { self.dropout } else { 0.0 };
+        let y = if t_past == 0 {
+            // Square causal mask: the kernel builds it itself.
+            Tensor::scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, dropout, true, None, false,
+            )
+        } else if t_new == 1 {
+            // One new query at the last position may see every cached key: no mask.
+            Tensor::scaled_dot_product_attention::<Tensor>(
+                &q, &k, &v, None, dropout, false, None, false,
+            )
+        } else {
+            // Several new queries after a cached prefix: query i sits at t_past + i.
+            let mask = causal_mask(t_new, t_past, q.device());
+            Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&mask),
+                dropout,
+                false,
+                None,
+                false,
+            )
+        };
+        self.merge(y, train)
+    }
+
+    /// The same as `forward` without a cache, through the written-out reference kernel;
+    /// also returns the attention weights, (B, H, T, T), rows summing to 1.
+    pub fn forward_traced(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let (q, k, v) = self.qkv(x);
+        let (y, att) = attention_reference(&q, &k, &v);
+        (self.merge(y, false), att)
+    }
+}
+
+/// `(T_new, T_past + T_new)` booleans, true where query `i` (at position `t_past + i`)
+/// may attend to key `j`: the lower triangle shifted right by `t_past`.
+pub fn causal_mask(t_new: i64, t_past: i64, device: tch::Device) -> Tensor {
+    Tensor::ones([t_new, t_past + t_new], (Kind::Bool, device)).tril(t_past)
+}
+
+/// Attention written out: q, k, v (B, H, T, D) -> output (B, H, T, D) and weights
+/// (B, H, T, T). Scores above the diagonal are set to -inf before the softmax, so those
+/// weights are exactly 0.
+pub fn attention_reference(q: &Tensor, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+    let (t, d) = (q.size()[2], q.size()[3]);
+    let scores = q.matmul(&k.transpose(-2, -1)) / (d as f64).sqrt(); // (B, H, T, T)
+    let mask = causal_mask(t, 0, q.device());
+    let scores = scores.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+    let att = scores.softmax(-1, Kind::Float);
+    (att.matmul(v), att)
+}

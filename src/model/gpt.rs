@@ -1,0 +1,130 @@
+//! The GPT: token and learned position embeddings, `n_layer` blocks, a final LayerNorm,
+//! and a head that reuses the token embedding matrix (weight tying, Press & Wolf 2017:
+//! the same vectors read tokens in and score them out, which saves `V·C` parameters and
+//! trains better on small data). The architecture of nanoGPT's `model.py`.
+
+use crate::config::ModelConfig;
+use crate::kv_cache::KvCache;
+use crate::model::{Block, LayerNorm, INIT_STD};
+use tch::{nn, Kind, Reduction, Tensor};
+
+#[derive(Debug)]
+pub struct Gpt {
+    wte: nn::Embedding,
+    wpe: nn::Embedding,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+    cfg: ModelConfig,
+}
+
+/// What `forward_traced` records on the way through, for `explain`.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// Per layer, the attention weights (B, H, T, T).
+    pub attention: Vec<Tensor>,
+    /// The residual stream (B, T, C): after the embeddings, then after each block.
+    pub residual: Vec<Tensor>,
+}
+
+impl Gpt {
+    /// Builds the model under `p` (usually `vs.root()`), initialised as GPT-2 is.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
+        let emb = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: INIT_STD,
+            },
+            ..Default::default()
+        };
+        Gpt {
+            wte: nn::embedding(p / "wte", cfg.vocab_size, cfg.n_embd, emb),
+            wpe: nn::embedding(p / "wpe", cfg.block_size, cfg.n_embd, emb),
+            h: (0..cfg.n_layer)
+                .map(|i| Block::new(p / "h" / i, cfg))
+                .collect(),
+            ln_f: LayerNorm::new(p / "ln_f", cfg.n_embd, cfg.bias),
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Token plus position embeddings for ids `idx` (B, T) at positions `pos0..pos0+T`.
+    fn embed(&self, idx: &Tensor, pos0: i64, train: bool) -> Tensor {
+        let t = idx.size()[1];
+        assert!(
+            pos0 + t <= self.cfg.block_size,
+            "positions {pos0}..{} exceed the context {}; callers crop or slide first",
+            pos0 + t,
+            self.cfg.block_size
+        );
+        let pos = Tensor::arange_start(pos0, pos0 + t, (Kind::Int64, idx.device())); // (T,)
+        (idx.apply(&self.wte) + pos.apply(&self.wpe)).dropout(self.cfg.dropout, train)
+        // (B, T, C)
+    }
+
+    /// The final norm and the tied head: (B, T, C) -> logits (B, T, V).
+    pub fn head(&self, x: &Tensor) -> Tensor {
+        self.ln_f.forward(x).linear::<Tensor>(&self.wte.ws, None)
+    }
+
+    /// The reference forward pass, no cache: ids (B, T) -> logits (B, T, V).
+    pub fn forward(&self, idx: &Tensor, train: bool) -> Tensor {
+        let mut x = self.embed(idx, 0, train);
+        for block in &self.h {
+            x = block.forward(&x, None, train);
+        }
+        self.head(&x)
+    }
+
+    /// The incremental forward pass: ids (B, T_new) of the positions after those already
+    /// in `cache` -> logits (B, T_new, V). Appends their keys and values to the cache.
+    pub fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Tensor {
+        let t_new = idx.size()[1];
+        let mut x = self.embed(idx, cache.pos(), false);
+        for (block, layer) in self.h.iter().zip(cache.layers_mut()) {
+            x = block.forward(&x, Some(layer), false);
+        }
+        cache.advance(t_new);
+        self.head(&x)
+    }
+
+    /// The uncached forward in eval mode through the written-out attention, recording the
+    /// attention weights and the residual stream of every layer.
+    pub fn forward_traced(&self, idx: &Tensor) -> (Tensor, Trace) {
+        let mut trace = Trace::default();
+        let mut x = self.embed(idx, 0, false);
+        trace.residual.push(x.shallow_clone());
+        for block in &self.h {
+            let (y, att) = block.forward_traced(&x);
+            x = y;
+            trace.attention.push(att);
+            trace.residual.push(x.shallow_clone());
+        }
+        (self.head(&x), trace)
+    }
+
+    /// Mean cross-entropy of logits (B, T, V) against targets (B, T), in nats per token.
+    pub fn loss(logits: &Tensor, targets: &Tensor) -> Tensor {
+        let v = logits.size()[2];
+        logits.reshape([-1, v]).cross_entropy_loss::<Tensor>(
+            &targets.reshape([-1]),
+            None,
+            Reduction::Mean,
+            -100,
+            0.0,
+        )
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> tch::Device {
+        self.wte.ws.device()
+    }
+
+    /// A fresh, empty KV cache sized for this model's context.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.cfg.n_layer as usize, self.cfg.block_size)
+    }
+}

@@ -1,0 +1,251 @@
+//! AdamW (Loshchilov & Hutter 2019) and the learning-rate schedule, written out.
+//!
+//! tch ships an AdamW, but it cannot export its moments, and a run that cannot save its
+//! optimizer cannot resume exactly. Here the state is plain tensors with names, saved
+//! to `optimizer.safetensors` next to the weights. The update is the one of PyTorch's
+//! `torch.optim.AdamW` (single-tensor path), line for line, so the parity test can hold
+//! it to a PyTorch trajectory.
+//!
+//! Weight decay groups (as nanoGPT): every tensor with 2 or more dimensions (the Linear
+//! weights and the embeddings, tied head included) decays; biases and LayerNorm gains
+//! do not, since pulling a gain towards 0 or a bias towards 0 is not regularisation.
+
+use crate::config::TrainConfig;
+use crate::{Error, Result, Step};
+use std::f64::consts::PI;
+use tch::{nn, Kind, Tensor};
+
+/// One parameter and its two moment estimates.
+struct ParamState {
+    name: String,
+    param: Tensor,
+    /// First moment, the running mean of gradients.
+    m: Tensor,
+    /// Second moment, the running mean of squared gradients.
+    v: Tensor,
+    decay: bool,
+}
+
+pub struct AdamW {
+    params: Vec<ParamState>,
+    /// Updates done so far; the bias corrections depend on it.
+    step: i64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+}
+
+impl AdamW {
+    /// Takes every trainable variable of `vs`, in name order so the state file is stable.
+    pub fn new(vs: &nn::VarStore, cfg: &TrainConfig) -> Self {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = vars
+            .into_iter()
+            .map(|(name, param)| ParamState {
+                m: param.zeros_like(),
+                v: param.zeros_like(),
+                decay: param.dim() >= 2,
+                name,
+                param,
+            })
+            .collect();
+        AdamW {
+            params,
+            step: 0,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+        }
+    }
+
+    /// Updates done so far.
+    pub fn steps_done(&self) -> i64 {
+        self.step
+    }
+
+    /// The global L2 norm of all gradients, as one scalar tensor (no host sync).
+    pub fn grad_norm(&self) -> Tensor {
+        let norms: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| p.param.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.norm())
+            .collect();
+        if norms.is_empty() {
+            return Tensor::from(0f32);
+        }
+        Tensor::stack(&norms, 0).norm()
+    }
+
+    /// Scales every gradient by `max_norm / norm` when the global norm exceeds `max_norm`
+    /// (Pascanu et al. 2013), as `torch.nn.utils.clip_grad_norm_` does.
+    pub fn clip_grad_norm(&mut self, norm: f64, max_norm: f64) {
+        let coef = max_norm / (norm + 1e-6);
+        if max_norm > 0.0 && coef < 1.0 {
+            tch::no_grad(|| {
+                for p in self.params.iter().filter(|p| p.param.grad().defined()) {
+                    let _ = p.param.grad().g_mul_scalar_(coef);
+                }
+            });
+        }
+    }
+
+    /// One AdamW update at learning rate `lr`.
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let bias_correction1 = 1.0 - b1.powi(self.step as i32);
+        let bias_correction2 = 1.0 - b2.powi(self.step as i32);
+        let step_size = lr / bias_correction1;
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                let g = p.param.grad();
+                if !g.defined() {
+                    continue; // a parameter the loss did not reach
+                }
+                if p.decay {
+                    // Decoupled decay: shrink the weight itself, not the gradient.
+                    let _ = p.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                }
+                let _ = p.m.lerp_(&g, 1.0 - b1); // m ← β1·m + (1-β1)·g
+                let _ = p.v.g_mul_scalar_(b2).addcmul_(&(&g * (1.0 - b2)), &g); // v ← β2·v + (1-β2)·g²
+                let denom = p.v.sqrt() / bias_correction2.sqrt() + self.eps;
+                let _ = p.param.addcdiv_(&(&p.m * -step_size), &denom); // θ ← θ - lr·m̂/(√v̂ + ε)
+            }
+        });
+    }
+
+    /// Sets every gradient to zero (keeping the buffers, so no reallocation per step).
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            let mut g = p.param.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// The state to save: `m.{name}`, `v.{name}` for every parameter, and `step`.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.params.len() + 1);
+        for p in &self.params {
+            out.push((format!("m.{}", p.name), p.m.shallow_clone()));
+            out.push((format!("v.{}", p.name), p.v.shallow_clone()));
+        }
+        out.push(("step".to_string(), Tensor::from_slice(&[self.step])));
+        out
+    }
+
+    /// Restores what `state_tensors` saved; every name and shape must match.
+    pub fn load_state(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        source: &std::path::Path,
+    ) -> Result<()> {
+        let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let missing =
+            |name: &str| Error::checkpoint(source, format!("optimizer state has no tensor {name}"));
+        tch::no_grad(|| {
+            for p in &mut self.params {
+                for (key, slot) in [
+                    (format!("m.{}", p.name), &mut p.m),
+                    (format!("v.{}", p.name), &mut p.v),
+                ] {
+                    let t = find(&key).ok_or_else(|| missing(&key))?;
+                    if t.size() != slot.size() {
+                        return Err(Error::checkpoint(
+                            source,
+                            format!(
+                                "optimizer tensor {key} has shape {:?}, the model needs {:?}",
+                                t.size(),
+                                slot.size()
+                            ),
+                        ));
+                    }
+                    slot.copy_(&t.to_kind(Kind::Float));
+                }
+            }
+            Ok(())
+        })?;
+        let step = find("step").ok_or_else(|| missing("step"))?;
+        self.step = step.int64_value(&[0]);
+        Ok(())
+    }
+}
+
+/// Linear warmup to the peak, then cosine decay to `min_lr` at `total` steps
+/// (Loshchilov & Hutter 2017, as nanoGPT). Warmup keeps the first, noisy Adam updates
+/// small while the second-moment estimates are still poor.
+#[derive(Clone, Debug)]
+pub struct LrSchedule {
+    pub max_lr: f64,
+    pub min_lr: f64,
+    pub warmup: Step,
+    pub total: Step,
+}
+
+impl LrSchedule {
+    pub fn new(cfg: &TrainConfig) -> Self {
+        LrSchedule {
+            max_lr: cfg.lr,
+            min_lr: cfg.min_lr,
+            warmup: cfg.warmup_steps,
+            total: cfg.max_steps,
+        }
+    }
+
+    /// The learning rate for update number `step` (0-based).
+    pub fn at(&self, step: Step) -> f64 {
+        if step < self.warmup {
+            return self.max_lr * (step + 1) as f64 / (self.warmup + 1) as f64;
+        }
+        if step >= self.total {
+            return self.min_lr;
+        }
+        let progress = (step - self.warmup) as f64 / (self.total - self.warmup).max(1) as f64;
+        let cosine = 0.5 * (1.0 + (PI * progress).cos()); // 1 → 0
+        self.min_lr + cosine * (self.max_lr - self.min_lr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> LrSchedule {
+        LrSchedule {
+            max_lr: 1e-3,
+            min_lr: 1e-4,
+            warmup: 10,
+            total: 110,
+        }
+    }
+
+    #[test]
+    fn warmup_is_linear_from_a_small_value() {
+        let s = schedule();
+        assert!((s.at(0) - 1e-3 / 11.0).abs() < 1e-15);
+        assert!((s.at(4) - 5e-3 / 11.0).abs() < 1e-15);
+        assert!((s.at(9) - 10e-3 / 11.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn cosine_hits_peak_middle_and_floor() {
+        let s = schedule();
+        assert!((s.at(10) - 1e-3).abs() < 1e-15, "peak right after warmup");
+        assert!(
+            (s.at(60) - 5.5e-4).abs() < 1e-12,
+            "halfway is the mean of peak and floor"
+        );
+        assert!((s.at(110) - 1e-4).abs() < 1e-15);
+        assert!(
+            (s.at(5000) - 1e-4).abs() < 1e-15,
+            "stays at the floor after the end"
+        );
+        assert!(s.at(30) > s.at(31), "decays monotonically");
+    }
+}
