@@ -14,6 +14,7 @@
 //! `B` batch, `T` time (sequence length), `C` channels (`n_embd`), `H` heads,
 //! `D` head dimension (`C / H`), `V` vocabulary size.
 
+pub mod bench_generate;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod sampling;
+pub mod stop;
 pub mod tokenizer;
 pub mod train;
 

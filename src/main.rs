@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use sympathy::bench_generate;
 use sympathy::checkpoint;
 use sympathy::config::{DeviceChoice, ModelConfig, Preset};
 use sympathy::data::{self, Batches, TokenStreams};
@@ -32,6 +33,30 @@ enum Command {
     Generate(GenerateArgs),
     /// Mean validation loss of a checkpoint, in nats and bits per character.
     Eval(EvalArgs),
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Decode tokens/s with and without the KV cache at several output lengths.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Args)]
+struct BenchGenerateArgs {
+    /// A run folder or a checkpoint folder.
+    #[arg(long, default_value = "runs/default")]
+    checkpoint: PathBuf,
+    /// Output lengths to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    lengths: Vec<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -141,6 +166,12 @@ struct GenerateArgs {
     /// Print one JSON object per completion instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Completions of the prompt, generated together in one batch (seeds seed, seed+1, …).
+    #[arg(long, default_value_t = 1)]
+    num_samples: usize,
+    /// Do not stop at the end-of-file token; generate until --max-tokens or --stop.
+    #[arg(long)]
+    ignore_eos: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
 }
@@ -184,6 +215,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Train(args) => cmd_train(args),
         Command::Generate(args) => cmd_generate(args).map(|_| 0),
         Command::Eval(args) => cmd_eval(args).map(|_| 0),
+        Command::Bench(Bench::Generate(args)) => cmd_bench_generate(args).map(|_| 0),
     }
 }
 
@@ -348,32 +380,58 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         Some(b) => b,
         None => context,
     };
+    if args.num_samples == 0 {
+        bail!("--num-samples: must be at least 1");
+    }
     let cfg = GenerateConfig {
         max_tokens: args.max_tokens,
         sampling,
         seed: args.seed,
         stop: args.stop.clone(),
         use_cache: !args.no_cache,
+        block_size: Some(block),
+        ignore_eos: args.ignore_eos,
     };
+    let n = args.num_samples;
     let complete = |prompt: &str| -> Result<()> {
         let prepared = generate::prepare_prompt(&tokenizer, prompt, block);
         for note in &prepared.notes {
             eprintln!("{note}");
         }
         let mut stdout = std::io::stdout().lock();
-        let completion = if args.json {
-            generate::generate(&loaded.model, &tokenizer, &prepared.ids, &cfg, |_| {})?
-        } else {
-            generate::generate(&loaded.model, &tokenizer, &prepared.ids, &cfg, |piece| {
-                // Streamed: each piece is shown the moment it is sampled.
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            })?
-        };
-        if args.json {
-            writeln!(stdout, "{}", serde_json::to_string(&completion)?)?;
-        } else {
-            writeln!(stdout)?;
+        let stream = !args.json && n == 1;
+        let completions = generate::generate_batch(
+            &loaded.model,
+            &tokenizer,
+            &prepared.ids,
+            &cfg,
+            n,
+            |_, piece| {
+                if stream {
+                    // Streamed: each piece is shown the moment it is sampled.
+                    let _ = stdout.write_all(piece.as_bytes());
+                    let _ = stdout.flush();
+                }
+            },
+        )?;
+        for c in &completions {
+            if args.json {
+                writeln!(stdout, "{}", serde_json::to_string(c)?)?;
+            } else if stream {
+                writeln!(stdout)?;
+            } else {
+                // Several completions finish together; each gets a header line.
+                let reason = serde_json::to_value(c.stop_reason)?;
+                writeln!(
+                    stdout,
+                    "--- sample {}/{n} (seed {}, {} tokens, {}) ---\n{}",
+                    c.sample + 1,
+                    c.seed,
+                    c.tokens_generated,
+                    reason.as_str().unwrap_or_default(),
+                    c.text
+                )?;
+            }
         }
         Ok(())
     };
@@ -430,6 +488,23 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             state.model.block_size,
             state.step
         );
+    }
+    Ok(())
+}
+
+fn cmd_bench_generate(args: BenchGenerateArgs) -> Result<()> {
+    let device = args.device.resolve()?;
+    let loaded = checkpoint::load(&args.checkpoint, device)?;
+    let bench = bench_generate::bench_generate(
+        &loaded.model,
+        &loaded.state.tokenizer,
+        &args.lengths,
+        |line| eprintln!("{line}"),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&bench)?);
+    } else {
+        print!("{}", bench.table());
     }
     Ok(())
 }

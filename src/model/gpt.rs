@@ -81,8 +81,23 @@ impl Gpt {
 
     /// The incremental forward pass: ids (B, T_new) of the positions after those already
     /// in `cache` -> logits (B, T_new, V). Appends their keys and values to the cache.
+    /// Eval mode (no dropout). Equals the last `T_new` positions of `forward` on the
+    /// whole sequence; `tests/generation.rs` holds it to that.
     pub fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Tensor {
         let t_new = idx.size()[1];
+        // A cache with fewer layers would be zipped short and silently skip blocks.
+        assert_eq!(
+            cache.n_layer(),
+            self.h.len(),
+            "a KV cache for {} layers cannot serve a {}-layer model",
+            cache.n_layer(),
+            self.h.len()
+        );
+        assert!(
+            t_new <= cache.room(),
+            "{t_new} new positions do not fit the {} left in the cache; callers slide first",
+            cache.room()
+        );
         let mut x = self.embed(idx, cache.pos(), false);
         for (block, layer) in self.h.iter().zip(cache.layers_mut()) {
             x = block.forward(&x, Some(layer), false);
