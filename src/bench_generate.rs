@@ -8,7 +8,10 @@
 //! run the same [`generate`] loop with the same seed, sampling settings, prompt (a new
 //! file: `<eos>`) and thread count, with `<eos>` banned so each run produces exactly the
 //! requested number of tokens. A short warm-up of each path comes first, so that
-//! one-time allocations and libtorch's kernel selection are not timed.
+//! one-time allocations and libtorch's kernel selection are not timed, and each figure
+//! is the fastest of `repeats` runs: on a shared machine other processes only ever
+//! slow a run down, so the fastest is the least disturbed estimate (the reasoning of
+//! Python's `timeit`).
 
 use crate::generate::{generate, GenerateConfig};
 use crate::model::Gpt;
@@ -35,6 +38,8 @@ pub struct GenerateBench {
     pub device: String,
     /// libtorch's intra-op threads, the same for both paths.
     pub threads: i32,
+    /// Runs per figure; each figure is the fastest.
+    pub repeats: usize,
 }
 
 /// Measures decode tokens/s of `model` for each output length, cached and uncached.
@@ -43,8 +48,12 @@ pub fn bench_generate(
     model: &Gpt,
     tokenizer: &Tokenizer,
     lengths: &[usize],
+    repeats: usize,
     mut on_progress: impl FnMut(&str),
 ) -> Result<GenerateBench> {
+    if repeats == 0 {
+        return Err(Error::config("--repeats", "must be at least 1"));
+    }
     if lengths.is_empty() || lengths.contains(&0) {
         return Err(Error::config(
             "--lengths",
@@ -80,10 +89,14 @@ pub fn bench_generate(
         n_embd: cfg.n_embd,
         device: format!("{:?}", model.device()),
         threads: tch::get_num_threads(),
+        repeats,
     };
     for &n in lengths {
-        let cached = run(n, true)?;
-        let uncached = run(n, false)?;
+        let (mut cached, mut uncached) = (0.0_f64, 0.0_f64);
+        for _ in 0..repeats {
+            cached = cached.max(run(n, true)?);
+            uncached = uncached.max(run(n, false)?);
+        }
         on_progress(&format!(
             "{n} tokens: cached {cached:.0} tok/s, uncached {uncached:.0} tok/s ({:.1}x)",
             cached / uncached
@@ -99,8 +112,9 @@ impl GenerateBench {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "decode tokens/s: {} layers, {} heads, n_embd {}, context {}; {}, {} threads\n\
+            "decode tokens/s (fastest of {}): {} layers, {} heads, n_embd {}, context {}; {}, {} threads\n\
              {:>8} {:>12} {:>12} {:>8}\n",
+            self.repeats,
             self.n_layer,
             self.n_head,
             self.n_embd,

@@ -6,7 +6,7 @@
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
 use crate::model::{Block, LayerNorm, INIT_STD};
-use tch::{nn, Kind, Reduction, Tensor};
+use tch::{nn, Reduction, Tensor};
 
 #[derive(Debug)]
 pub struct Gpt {
@@ -60,9 +60,8 @@ impl Gpt {
             pos0 + t,
             self.cfg.block_size
         );
-        let pos = Tensor::arange_start(pos0, pos0 + t, (Kind::Int64, idx.device())); // (T,)
-        (idx.apply(&self.wte) + pos.apply(&self.wpe)).dropout(self.cfg.dropout, train)
-        // (B, T, C)
+        let pos = self.wpe.ws.narrow(0, pos0, t); // rows pos0..pos0+T of the table: (T, C)
+        (idx.apply(&self.wte) + pos).dropout(self.cfg.dropout, train) // (B, T, C)
     }
 
     /// The final norm and the tied head: (B, T, C) -> logits (B, T, V).
