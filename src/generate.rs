@@ -75,7 +75,9 @@ pub struct Completion {
     pub sample: usize,
     /// The seed its sampler used.
     pub seed: u64,
+    /// The generated text; with a stop string it ends right before it.
     pub text: String,
+    /// The generated tokens, including any that completed a stop string.
     pub tokens: Vec<TokenId>,
     pub tokens_generated: usize,
     pub prompt_tokens: usize,
