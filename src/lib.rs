@@ -14,10 +14,13 @@
 //! `B` batch, `T` time (sequence length), `C` channels (`n_embd`), `H` heads,
 //! `D` head dimension (`C / H`), `V` vocabulary size.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod flops;
+pub mod fused_adamw;
 pub mod generate;
 pub mod kv_cache;
 pub mod metrics;

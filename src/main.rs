@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use sympathy::bench::{self, Dtype as BenchDtype, TrainBench};
 use sympathy::checkpoint;
 use sympathy::config::{DeviceChoice, ModelConfig, Preset};
 use sympathy::data::{self, Batches, TokenStreams};
@@ -32,6 +33,64 @@ enum Command {
     Generate(GenerateArgs),
     /// Mean validation loss of a checkpoint, in nats and bits per character.
     Eval(EvalArgs),
+    /// Measure this machine: matmul peak, training throughput and MFU.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The measured matmul peak in GFLOP/s (fp32; bf16 too on CUDA).
+    Matmul(BenchMatmulArgs),
+    /// Training steps on random tokens: tokens/s, ms per phase, FLOPs, MFU.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args)]
+struct BenchMatmulArgs {
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores].
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
+struct BenchTrainArgs {
+    /// Defaults for the model and batch flags.
+    #[arg(long, value_enum, default_value = "small")]
+    preset: Preset,
+    #[arg(long)]
+    n_layer: Option<i64>,
+    #[arg(long)]
+    n_head: Option<i64>,
+    #[arg(long)]
+    n_embd: Option<i64>,
+    /// Context length T.
+    #[arg(long)]
+    block_size: Option<i64>,
+    #[arg(long)]
+    batch_size: Option<i64>,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Number format of weights and activations (bf16 is meant for CUDA).
+    #[arg(long, value_enum, default_value = "fp32")]
+    dtype: BenchDtype,
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores].
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -184,6 +243,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Train(args) => cmd_train(args),
         Command::Generate(args) => cmd_generate(args).map(|_| 0),
         Command::Eval(args) => cmd_eval(args).map(|_| 0),
+        Command::Bench(Bench::Matmul(args)) => cmd_bench_matmul(args).map(|_| 0),
+        Command::Bench(Bench::Train(args)) => cmd_bench_train(args).map(|_| 0),
     }
 }
 
@@ -429,6 +490,91 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             starts.len(),
             state.model.block_size,
             state.step
+        );
+    }
+    Ok(())
+}
+
+/// `--threads`: at least 1; unset leaves libtorch's default.
+fn set_threads(threads: Option<i32>) -> Result<()> {
+    match threads {
+        Some(n) if n < 1 => bail!("--threads: must be at least 1, got {n}"),
+        Some(n) => tch::set_num_threads(n),
+        None => {}
+    }
+    Ok(())
+}
+
+fn cmd_bench_matmul(args: BenchMatmulArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let device = args.device.resolve()?;
+    let mut dtypes = vec![BenchDtype::Fp32];
+    if device.is_cuda() {
+        dtypes.push(BenchDtype::Bf16);
+    }
+    let measured: Vec<_> = dtypes
+        .iter()
+        .map(|&d| (d, bench::matmul_peak(device, d)))
+        .collect();
+    let threads = tch::get_num_threads();
+    if args.json {
+        let peak = |d| measured.iter().find(|m| m.0 == d).map(|m| m.1 .0);
+        let runs: Vec<_> = measured.iter().flat_map(|m| m.1 .1.clone()).collect();
+        let report = serde_json::json!({
+            "peak_gflops": peak(BenchDtype::Fp32), "peak_gflops_bf16": peak(BenchDtype::Bf16),
+            "device": format!("{device:?}").to_lowercase(), "threads": threads, "runs": runs,
+        });
+        println!("{report}");
+    } else {
+        for (dtype, (peak, runs)) in &measured {
+            for r in runs {
+                println!(
+                    "{dtype:?} {n}x{n}: {:.1} GFLOP/s (median of {}; best {:.1})",
+                    r.gflops,
+                    r.runs,
+                    r.best_gflops,
+                    n = r.n
+                );
+            }
+            println!("{dtype:?} peak: {peak:.1} GFLOP/s on {device:?} with {threads} threads");
+        }
+    }
+    Ok(())
+}
+
+fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let device = args.device.resolve()?;
+    let mut model = args.preset.model(Tokenizer::default().vocab_size());
+    override_fields!(model, args, [n_layer, n_head, n_embd, block_size]);
+    let mut train = args.preset.train();
+    override_fields!(train, args, [batch_size]);
+    let r = bench::train(&TrainBench {
+        model,
+        train,
+        steps: args.steps,
+        warmup: args.warmup,
+        device,
+        dtype: args.dtype,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "model: {} layers, {} heads, n_embd {}, T {}, batch {}; {:.2}M parameters; {:?} on {} with {} threads",
+            r.n_layer, r.n_head, r.n_embd, r.block_size, r.batch_size, r.n_params as f64 / 1e6, r.dtype, r.device, r.threads
+        );
+        println!(
+            "step {:.1} ms = forward {:.1} + backward {:.1} + optimizer {:.1} (medians of {} steps)",
+            r.ms_step, r.ms_forward, r.ms_backward, r.ms_optimizer, r.steps
+        );
+        println!(
+            "{:.0} tokens/s, {:.2} MFLOP/token (6N + 12LTC), {:.1} GFLOP/s = {:.1}% MFU of the measured {:.1} GFLOP/s matmul peak",
+            r.tokens_per_s,
+            r.flops_per_token / 1e6,
+            r.achieved_gflops,
+            100.0 * r.mfu,
+            r.peak_gflops
         );
     }
     Ok(())

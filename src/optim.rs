@@ -9,13 +9,19 @@
 //! Weight decay groups (as nanoGPT): every tensor with 2 or more dimensions (the Linear
 //! weights and the embeddings, tied head included) decays; biases and LayerNorm gains
 //! do not, since pulling a gain towards 0 or a bias towards 0 is not regularisation.
+//!
+//! [`AdamW::step_reference`] is that update, one parameter at a time, for reading.
+//! [`AdamW::step`] computes the same thing through [`crate::fused_adamw`]: the
+//! optimizer keeps all parameters, gradients and moments in flat buffers and updates
+//! them in one pass (a test holds the two to each other).
 
 use crate::config::TrainConfig;
+use crate::fused_adamw::{self, Flat, Hyper};
 use crate::{Error, Result, Step};
 use std::f64::consts::PI;
 use tch::{nn, Kind, Tensor};
 
-/// One parameter and its two moment estimates.
+/// One parameter and its two moment estimates (views into the flat buffers).
 struct ParamState {
     name: String,
     param: Tensor,
@@ -28,6 +34,8 @@ struct ParamState {
 
 pub struct AdamW {
     params: Vec<ParamState>,
+    /// The same parameters, gradients and moments as one buffer each.
+    flat: Flat,
     /// Updates done so far; the bias corrections depend on it.
     step: i64,
     beta1: f64,
@@ -37,22 +45,37 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Takes every trainable variable of `vs`, in name order so the state file is stable.
+    /// Takes every trainable variable of `vs`, in name order so the state file is stable,
+    /// and moves them into the optimizer's flat buffers (see [`crate::fused_adamw`]):
+    /// the model's tensors keep their values but share one allocation from here on,
+    /// and each gets a zero `.grad`.
     pub fn new(vs: &nn::VarStore, cfg: &TrainConfig) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors: Vec<(Tensor, bool)> = vars
+            .iter()
+            .map(|(_, t)| (t.shallow_clone(), t.dim() >= 2))
+            .collect();
+        let (flat, slots) = fused_adamw::flatten(&mut tensors);
         let params = vars
             .into_iter()
-            .map(|(name, param)| ParamState {
-                m: param.zeros_like(),
-                v: param.zeros_like(),
-                decay: param.dim() >= 2,
+            .zip(tensors)
+            .zip(slots)
+            .map(|(((name, _), (param, decay)), slot)| ParamState {
+                m: slot.m,
+                v: slot.v,
+                decay,
                 name,
                 param,
             })
             .collect();
         AdamW {
             params,
+            flat,
             step: 0,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
@@ -66,19 +89,10 @@ impl AdamW {
         self.step
     }
 
-    /// The global L2 norm of all gradients, as one scalar tensor (no host sync).
+    /// The global L2 norm of all gradients, as one scalar tensor (no host sync): the
+    /// norm of the flat gradient buffer, which is the norm of the per-tensor norms.
     pub fn grad_norm(&self) -> Tensor {
-        let norms: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| p.param.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.norm())
-            .collect();
-        if norms.is_empty() {
-            return Tensor::from(0f32);
-        }
-        Tensor::stack(&norms, 0).norm()
+        self.flat.grad.norm()
     }
 
     /// Scales every gradient by `max_norm / norm` when the global norm exceeds `max_norm`
@@ -87,15 +101,43 @@ impl AdamW {
         let coef = max_norm / (norm + 1e-6);
         if max_norm > 0.0 && coef < 1.0 {
             tch::no_grad(|| {
-                for p in self.params.iter().filter(|p| p.param.grad().defined()) {
-                    let _ = p.param.grad().g_mul_scalar_(coef);
-                }
+                let _ = self.flat.grad.g_mul_scalar_(coef);
             });
         }
     }
 
-    /// One AdamW update at learning rate `lr`.
+    /// The scalars of update number `self.step` at learning rate `lr`.
+    fn hyper(&self, lr: f64) -> Hyper {
+        let t = self.step as i32;
+        Hyper {
+            decay: 1.0 - lr * self.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            bias_correction2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
+            step_size: lr / (1.0 - self.beta1.powi(t)),
+            eps: self.eps,
+        }
+    }
+
+    /// One AdamW update at learning rate `lr`: [`Self::step_reference`]'s arithmetic in
+    /// one pass over the flat buffers.
     pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let hyper = self.hyper(lr);
+        fused_adamw::step(&mut self.flat, &hyper);
+    }
+
+    /// [`Self::step`] through the flat buffers with tensor ops, the path CUDA and bf16
+    /// take; public so tests can compare it with the CPU loop.
+    pub fn step_flat_ops(&mut self, lr: f64) {
+        self.step += 1;
+        let hyper = self.hyper(lr);
+        fused_adamw::step_tensor_ops(&mut self.flat, &hyper);
+    }
+
+    /// One AdamW update at learning rate `lr`, written out one parameter at a time as
+    /// PyTorch's single-tensor `AdamW` does. The reference for [`Self::step`].
+    pub fn step_reference(&mut self, lr: f64) {
         self.step += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let bias_correction1 = 1.0 - b1.powi(self.step as i32);
@@ -119,14 +161,10 @@ impl AdamW {
         });
     }
 
-    /// Sets every gradient to zero (keeping the buffers, so no reallocation per step).
+    /// Sets every gradient to zero: one fill of the flat gradient buffer, which every
+    /// `.grad` is a view of (no reallocation per step).
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.param.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        let _ = self.flat.grad.zero_();
     }
 
     /// The state to save: `m.{name}`, `v.{name}` for every parameter, and `step`.

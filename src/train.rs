@@ -6,9 +6,11 @@
 //! (seed, step) before every step, and AdamW's state is saved, so a run resumed from a
 //! checkpoint repeats, bit for bit on the CPU, what the uninterrupted run would do.
 
+use crate::bench::{self, Dtype};
 use crate::checkpoint::{self, DataSpec, State, BEST, LATEST};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{Batches, TokenStreams};
+use crate::flops;
 use crate::metrics::{MetricsWriter, Record};
 use crate::model::Gpt;
 use crate::optim::{AdamW, LrSchedule};
@@ -227,6 +229,18 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         });
     }
 
+    // MFU needs this machine's peak: a ~0.2 s matmul probe (see `bench`).
+    let flops_per_token = flops::training_flops_per_token(cfg);
+    let peak_gflops = bench::quick_peak(opts.device, Dtype::Fp32);
+    log_line(
+        &bar,
+        format!(
+            "{:.1} MFLOP/token; matmul peak {peak_gflops:.0} GFLOP/s with {} threads (MFU is against it)",
+            flops_per_token / 1e6,
+            tch::get_num_threads()
+        ),
+    );
+
     let mut metrics = MetricsWriter::append(&opts.out.join("metrics.jsonl"))?;
     let session_start = Instant::now();
     let elapsed_before = state.elapsed_s;
@@ -297,6 +311,7 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         }
         let step_s = step_start.elapsed().as_secs_f64();
         tokens_per_s = tokens_per_step as f64 / step_s;
+        let mfu = tokens_per_s * flops_per_token / (peak_gflops * 1e9);
 
         let is_last = state.step == tcfg.max_steps;
         let mut val_loss = None;
@@ -324,7 +339,7 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
             val_loss,
             lr,
             tokens_per_s,
-            mfu: None,
+            mfu: Some(mfu),
             elapsed_s: state.elapsed_s,
             tokens_seen: state.tokens_seen,
             grad_norm: grad_norm.is_finite().then_some(grad_norm),
@@ -334,8 +349,9 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         }
         bar.set_position(state.step);
         bar.set_message(format!(
-            "loss {loss:.4} lr {lr:.2e} {:.1}k tok/s",
-            tokens_per_s / 1e3
+            "loss {loss:.4} lr {lr:.2e} {:.1}k tok/s MFU {:.0}%",
+            tokens_per_s / 1e3,
+            100.0 * mfu
         ));
     }
 
