@@ -12,6 +12,7 @@
 //! phase, since kernels are queued and return at once.
 
 use crate::config::{ModelConfig, TrainConfig};
+use crate::data_parallel::DataParallel;
 use crate::flops;
 use crate::model::Gpt;
 use crate::optim::AdamW;
@@ -141,6 +142,8 @@ pub struct TrainBench {
     pub warmup: usize,
     pub device: Device,
     pub dtype: Dtype,
+    /// Data-parallel workers (see [`crate::data_parallel`]); 1 = intra-op threads only.
+    pub workers: usize,
 }
 
 /// The `bench train --json` object. Field names are stable: scripts read them.
@@ -168,6 +171,7 @@ pub struct TrainReport {
     pub steps: usize,
     pub warmup: usize,
     pub threads: i32,
+    pub workers: usize,
     pub device: String,
     pub dtype: Dtype,
     /// The last step's loss, to show the steps did real work (it falls, since the
@@ -193,6 +197,8 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
         vs.bfloat16();
     }
     let mut opt = AdamW::new(&vs, tcfg);
+    let mut model = model;
+    let mut dp = DataParallel::new(cfg, device, &opt, b.workers);
     let n_params: i64 = vs
         .trainable_variables()
         .iter()
@@ -209,10 +215,16 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     for i in 0..b.warmup + b.steps {
         sync(device);
         let t0 = Instant::now();
-        let loss = Gpt::loss(&model.forward(&x, true), &y);
-        sync(device);
-        let t1 = Instant::now();
-        loss.backward();
+        let (loss, t1) = if dp.workers() > 1 {
+            let out = dp.forward_backward(&mut model, &mut opt, &x, &y, 1.0);
+            (out.loss, t0 + std::time::Duration::from_secs_f64(out.ms_forward / 1e3))
+        } else {
+            let loss = Gpt::loss(&model.forward(&x, true), &y);
+            sync(device);
+            let t1 = Instant::now();
+            loss.backward();
+            (loss, t1)
+        };
         sync(device);
         let t2 = Instant::now();
         // As `train` does: the norm comes to the host to decide the clip.
@@ -256,6 +268,7 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
         steps: b.steps,
         warmup: b.warmup,
         threads: tch::get_num_threads(),
+        workers: dp.workers(),
         device: format!("{device:?}").to_lowercase(),
         dtype: b.dtype,
         loss: loss_value,

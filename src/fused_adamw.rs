@@ -37,9 +37,26 @@ pub(crate) struct Flat {
 
 /// One parameter's place in the buffers.
 pub(crate) struct Slot {
+    /// Where the parameter starts in every buffer.
+    pub offset: i64,
     /// Views of the moment buffers, shaped like the parameter.
     pub m: Tensor,
     pub v: Tensor,
+}
+
+/// Gives every tensor of `params` a `.grad` (zeros), so that it can be re-homed: one
+/// backward through zero defines them all, since tch has no setter for `.grad`.
+pub(crate) fn define_grads(params: &[&Tensor]) {
+    let touch: Vec<Tensor> = params.iter().map(|p| p.sum(Kind::Float)).collect();
+    if !touch.is_empty() {
+        (Tensor::stack(&touch, 0).sum(Kind::Float) * 0.0).backward();
+    }
+}
+
+/// `buf[offset..offset + numel]` shaped like `like`.
+pub(crate) fn view_at(buf: &Tensor, offset: i64, like: &Tensor) -> Tensor {
+    buf.narrow(0, offset, like.numel() as i64)
+        .view(like.size().as_slice())
 }
 
 /// Moves `params` (each with its decay flag) into flat buffers and returns them with
@@ -72,36 +89,27 @@ pub(crate) fn flatten(params: &mut [(Tensor, bool)]) -> (Flat, Vec<Slot>) {
         n_decay,
     };
 
-    // Every parameter needs a `.grad` to re-home; one backward through zero defines
-    // them all (tch has no setter for `.grad`).
-    let touch: Vec<Tensor> = params.iter().map(|p| p.0.sum(Kind::Float)).collect();
-    if !touch.is_empty() {
-        (Tensor::stack(&touch, 0).sum(Kind::Float) * 0.0).backward();
-    }
-
+    define_grads(&params.iter().map(|p| &p.0).collect::<Vec<_>>());
     let mut offsets = vec![0i64; params.len()];
     let mut offset = 0;
     for &i in &order {
         offsets[i] = offset;
         offset += params[i].0.numel() as i64;
     }
-    let view = |buf: &Tensor, i: usize, p: &Tensor| {
-        buf.narrow(0, offsets[i], p.numel() as i64)
-            .view(p.size().as_slice())
-    };
     let slots = tch::no_grad(|| {
         params
             .iter_mut()
-            .enumerate()
-            .map(|(i, (p, _))| {
-                let mut pv = view(&flat.param, i, p);
+            .zip(offsets)
+            .map(|((p, _), offset)| {
+                let mut pv = view_at(&flat.param, offset, p);
                 pv.copy_(p);
                 // The parameter now lives in the buffer (same tensor, new storage).
                 let _ = p.set_source_tensor_(&pv);
-                let _ = p.grad().set_source_tensor_(&view(&flat.grad, i, p));
+                let _ = p.grad().set_source_tensor_(&view_at(&flat.grad, offset, p));
                 Slot {
-                    m: view(&flat.m, i, p),
-                    v: view(&flat.v, i, p),
+                    offset,
+                    m: view_at(&flat.m, offset, p),
+                    v: view_at(&flat.v, offset, p),
                 }
             })
             .collect()

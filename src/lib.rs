@@ -17,7 +17,9 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod cuda;
 pub mod data;
+pub mod data_parallel;
 pub mod error;
 pub mod flops;
 pub mod fused_adamw;

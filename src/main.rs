@@ -86,6 +86,9 @@ struct BenchTrainArgs {
     /// Intra-op CPU threads [default: libtorch's, the number of physical cores].
     #[arg(long)]
     threads: Option<i32>,
+    /// Data-parallel workers, each on its slice of the batch with one thread.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -556,6 +559,7 @@ fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
         warmup: args.warmup,
         device,
         dtype: args.dtype,
+        workers: args.workers,
     })?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);

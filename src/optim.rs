@@ -30,6 +30,8 @@ struct ParamState {
     /// Second moment, the running mean of squared gradients.
     v: Tensor,
     decay: bool,
+    /// Where it starts in the flat buffers.
+    offset: i64,
 }
 
 pub struct AdamW {
@@ -68,6 +70,7 @@ impl AdamW {
             .map(|(((name, _), (param, decay)), slot)| ParamState {
                 m: slot.m,
                 v: slot.v,
+                offset: slot.offset,
                 decay,
                 name,
                 param,
@@ -82,6 +85,36 @@ impl AdamW {
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
         }
+    }
+
+    /// Makes `replica`, a VarStore holding a second copy of the same model, share this
+    /// optimizer's weights (its variables become views of the same buffer, so every
+    /// update reaches it), and gives its gradients a flat buffer of their own, laid out
+    /// like ours; returns that buffer. See [`crate::data_parallel`].
+    pub fn share_weights(&self, replica: &nn::VarStore) -> Tensor {
+        let mut vars = replica.variables();
+        let grad = self.flat.grad.zeros_like();
+        let replica_vars: Vec<&Tensor> = self.params.iter().map(|p| &vars[&p.name]).collect();
+        fused_adamw::define_grads(&replica_vars);
+        tch::no_grad(|| {
+            for p in &self.params {
+                let var = vars.get_mut(&p.name).expect("the replica has the same variables");
+                let _ = var.set_source_tensor_(&p.param);
+                let _ = var
+                    .grad()
+                    .set_source_tensor_(&fused_adamw::view_at(&grad, p.offset, &p.param));
+            }
+        });
+        grad
+    }
+
+    /// Adds a replica's gradients (the buffer [`Self::share_weights`] returned) into
+    /// ours, and zeroes them for its next backward pass.
+    pub fn absorb_grads(&mut self, replica_grad: &mut Tensor) {
+        tch::no_grad(|| {
+            let _ = self.flat.grad.g_add_(replica_grad);
+            let _ = replica_grad.zero_();
+        });
     }
 
     /// Updates done so far.
