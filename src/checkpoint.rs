@@ -55,7 +55,7 @@ pub struct State {
 /// The checkpoint directory `path` refers to: itself if it holds `state.json`, else its
 /// `ckpt-latest/` (or `ckpt-latest.old/`, left by a crash in the middle of a swap).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if !path.exists() {
+    if !path.exists() && !set_aside(path).exists() {
         return Err(Error::checkpoint(
             path,
             "does not exist; train one with `sympathy train --out DIR` first",
@@ -63,6 +63,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     }
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
+    }
+    // `RUN/ckpt-best` itself may have been caught mid-swap: its `.old` twin is whole.
+    if set_aside(path).join("state.json").is_file() {
+        return Ok(set_aside(path));
     }
     for name in [LATEST.to_string(), format!("{LATEST}.old")] {
         let dir = path.join(name);
@@ -74,6 +78,13 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         path,
         format!("has no state.json and no {LATEST}/; is it a sympathy run folder?"),
     ))
+}
+
+/// `DIR.old`: where [`save_atomically`] keeps the previous `DIR` during the swap.
+fn set_aside(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".old");
+    PathBuf::from(name)
 }
 
 /// Reads and checks `state.json` of checkpoint directory `dir`.
@@ -109,7 +120,7 @@ pub fn load_tensors_into(vs: &nn::VarStore, file: &Path) -> Result<()> {
         let Some(var) = vars.get(name) else {
             return Err(Error::checkpoint(
                 file,
-                format!("has tensor {name} that the model does not have"),
+                format!("has tensor {name} that the model of state.json does not have; config and weights disagree"),
             ));
         };
         if var.size() != t.size() {
@@ -119,20 +130,22 @@ pub fn load_tensors_into(vs: &nn::VarStore, file: &Path) -> Result<()> {
             ));
         }
     }
-    tch::no_grad(|| {
-        for (name, t) in &tensors {
-            if let Some(var) = vars.get_mut(name) {
-                var.copy_(t);
-            }
-        }
-    });
+    // Every check before the first copy: a failed load leaves the model untouched.
     if let Some(name) = vars.keys().find(|n| !tensors.iter().any(|(m, _)| m == *n)) {
         return Err(Error::checkpoint(
             file,
-            format!("has no tensor {name}; the file is incomplete"),
+            format!("has no tensor {name}, which the model of state.json needs; the file is incomplete or config and weights disagree"),
         ));
     }
-    Ok(())
+    tch::no_grad(|| {
+        for (name, t) in &tensors {
+            if let Some(var) = vars.get_mut(name) {
+                var.f_copy_(t)?;
+            }
+        }
+        Ok::<(), tch::TchError>(())
+    })
+    .map_err(|e| Error::checkpoint(file, format!("cannot be loaded: {e}")))
 }
 
 /// All tensors of a safetensors file, with a checkpoint error for a corrupt one.
@@ -166,6 +179,17 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
     state.model.validate().map_err(|e| {
         Error::checkpoint(dir.join("state.json"), format!("invalid model config: {e}"))
     })?;
+    if state.model.vocab_size != state.tokenizer.vocab_size() {
+        // Token ids past the embedding table would crash inside libtorch.
+        return Err(Error::checkpoint(
+            dir.join("state.json"),
+            format!(
+                "model vocab_size {} does not match the tokenizer's {}; the file was edited or is corrupt",
+                state.model.vocab_size,
+                state.tokenizer.vocab_size()
+            ),
+        ));
+    }
     let vs = nn::VarStore::new(device);
     let model = Gpt::new(&vs.root(), &state.model);
     load_tensors_into(&vs, &dir.join("model.safetensors"))?;
@@ -195,7 +219,7 @@ pub fn save_atomically(
 ) -> Result<PathBuf> {
     let final_dir = run_dir.join(name);
     let tmp = run_dir.join(format!("{name}.tmp"));
-    let old = run_dir.join(format!("{name}.old"));
+    let old = set_aside(&final_dir);
     let fail = |what: String| {
         let _ = fs::remove_dir_all(&tmp);
         let kept = if final_dir.exists() {
@@ -208,6 +232,26 @@ pub fn save_atomically(
         };
         Error::checkpoint(&tmp, format!("{what}{kept}"))
     };
+    // Never let NaN or infinite weights replace a good checkpoint.
+    let variables = vs.variables();
+    if !all_finite(variables.values()) {
+        let bad = variables
+            .iter()
+            .find(|(_, t)| !all_finite([*t]))
+            .expect("one tensor is not finite");
+        return Err(Error::checkpoint(
+            &final_dir,
+            format!(
+                "not written: tensor {} holds NaN or infinite values{}",
+                bad.0,
+                if final_dir.exists() {
+                    "; the previous checkpoint is intact"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
     let write = || -> std::result::Result<(), String> {
         if tmp.exists() {
             fs::remove_dir_all(&tmp)
@@ -215,8 +259,8 @@ pub fn save_atomically(
         }
         fs::create_dir_all(&tmp).map_err(|e| format!("cannot create: {e}"))?;
         let model_file = tmp.join("model.safetensors");
-        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut named: Vec<(&String, &Tensor)> = variables.iter().collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
         Tensor::write_safetensors(&named, &model_file)
             .map_err(|e| format!("cannot write model.safetensors: {e}"))?;
         Tensor::write_safetensors(&opt.state_tensors(), tmp.join("optimizer.safetensors"))
@@ -249,6 +293,13 @@ pub fn save_atomically(
     let _ = fsync(run_dir);
     let _ = fs::remove_dir_all(&old);
     Ok(final_dir)
+}
+
+/// Whether every element of every tensor is finite (no NaN, no ±inf), with one host
+/// sync for all of them.
+pub fn all_finite<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    let flags: Vec<Tensor> = tensors.into_iter().map(|t| t.isfinite().all()).collect();
+    flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) != 0
 }
 
 fn fsync(path: &Path) -> std::io::Result<()> {

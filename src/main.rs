@@ -2,11 +2,11 @@
 //! here beyond turning flags into configs and errors into one-line messages.
 
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use sympathy::checkpoint;
-use sympathy::config::{DeviceChoice, ModelConfig, Preset};
+use sympathy::config::{DeviceChoice, ModelConfig, Preset, TrainConfig};
 use sympathy::data::{self, Batches, TokenStreams};
 use sympathy::generate::{self, GenerateConfig};
 use sympathy::sampling::SamplingConfig;
@@ -24,13 +24,18 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process, so the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Train a GPT on a folder of source files (default: the Python standard library).
+    #[command(allow_negative_numbers = true)]
     Train(TrainArgs),
     /// Complete a prompt (--prompt), or read prompts interactively from stdin.
+    #[command(allow_negative_numbers = true)]
     Generate(GenerateArgs),
     /// Mean validation loss of a checkpoint, in nats and bits per character.
+    #[command(allow_negative_numbers = true)]
     Eval(EvalArgs),
 }
 
@@ -45,9 +50,10 @@ struct TrainArgs {
     /// Run folder: checkpoints, metrics.jsonl, token cache.
     #[arg(long, default_value = "runs/default")]
     out: PathBuf,
-    /// Defaults for every model and training flag.
-    #[arg(long, value_enum, default_value = "small")]
-    preset: Preset,
+    /// Defaults for every model and training flag [default: small; with --resume, the
+    /// checkpoint's].
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Continue the checkpoint in --out (model flags must then match it).
     #[arg(long)]
     resume: bool,
@@ -106,6 +112,10 @@ struct TrainFlags {
     eval_windows: Option<i64>,
     #[arg(long)]
     checkpoint_every: Option<u64>,
+    /// Stop at this step with a checkpoint, keeping the LR schedule of --max-steps; go on
+    /// later with --resume.
+    #[arg(long)]
+    stop_at_step: Option<u64>,
 }
 
 #[derive(Args)]
@@ -162,16 +172,39 @@ struct EvalArgs {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as clap renders them; a usage error is one line
+        // with exit code 1, like every other error.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see --help)");
+            std::process::exit(1);
+        }
+    };
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            // One line: the cause chain joined, never a backtrace.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            // One line: the cause chain joined (skipping causes the message already
+            // quotes, as `Error::Io` does), never a backtrace.
+            let mut msg = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if msg.is_empty() {
+                    msg = cause;
+                } else if !msg.contains(&cause) {
+                    msg = format!("{msg}: {cause}");
+                }
+            }
             eprintln!("error: {msg}");
             1
         }
@@ -199,12 +232,14 @@ fn cmd_train(args: TrainArgs) -> Result<i32> {
     let (mut model, mut tcfg, saved_data) = if args.resume {
         let dir = checkpoint::resolve(&args.out)?;
         let state = checkpoint::read_state(&dir)?;
-        check_resume_flags(&args.model, &state.model)?;
+        check_resume_flags(&args, &state.model)?;
+        note_resume_changes(&args.train, &state.train);
         (state.model, state.train, Some(state.data))
     } else {
+        let preset = args.preset.unwrap_or(Preset::Small);
         (
-            args.preset.model(Tokenizer::default().vocab_size()),
-            args.preset.train(),
+            preset.model(Tokenizer::default().vocab_size()),
+            preset.train(),
             None,
         )
     };
@@ -234,6 +269,7 @@ fn cmd_train(args: TrainArgs) -> Result<i32> {
     if let Some(m) = args.train.max_minutes {
         tcfg.max_minutes = Some(m);
     }
+    tcfg.stop_at_step = args.train.stop_at_step;
     let (data, ext) = match (args.data, saved_data) {
         (Some(d), _) => (d, args.ext),
         (None, Some(saved)) => (saved.root, saved.ext),
@@ -278,24 +314,42 @@ fn cmd_train(args: TrainArgs) -> Result<i32> {
         summary.tokens_per_s,
         summary.checkpoint.display()
     );
+    let resume = format!("sympathy train --resume --out {}", args.out.display());
     Ok(match summary.cause {
         StopCause::MaxSteps | StopCause::MaxMinutes => 0,
-        cause => {
+        StopCause::StopAtStep => {
             eprintln!(
-                "stopped by a signal; resume with: sympathy train --resume --out {}",
-                args.out.display()
+                "stopped at step {} as --stop-at-step asked; continue with: {resume}",
+                summary.step
             );
-            if cause == StopCause::Interrupted {
-                130
+            0
+        }
+        cause => {
+            let (signal, code) = if cause == StopCause::Interrupted {
+                ("SIGINT", 130)
             } else {
-                143
-            }
+                ("SIGTERM", 143)
+            };
+            eprintln!(
+                "stopped by {signal} after step {}, checkpoint saved in {}; resume with: {resume}",
+                summary.step,
+                summary.checkpoint.display()
+            );
+            code
         }
     })
 }
 
-/// With --resume, a model flag may repeat the saved value but not contradict it.
-fn check_resume_flags(flags: &ModelFlags, saved: &ModelConfig) -> Result<()> {
+/// With --resume, a model flag (or a --preset) may repeat the saved value but not
+/// contradict it: the weights have the saved shape.
+fn check_resume_flags(args: &TrainArgs, saved: &ModelConfig) -> Result<()> {
+    if let Some(preset) = args.preset {
+        if preset.model(saved.vocab_size) != *saved {
+            let name = preset.to_possible_value().expect("presets have names");
+            bail!("--preset: {} describes another model than the checkpoint in {}; drop --preset to resume", name.get_name(), args.out.display());
+        }
+    }
+    let flags = &args.model;
     let pairs = [
         (
             "--n-layer",
@@ -327,6 +381,44 @@ fn check_resume_flags(flags: &ModelFlags, saved: &ModelConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// With --resume, training flags may change the run (a longer --max-steps, a lower --lr
+/// after a divergence); each change is said once, since the run then no longer repeats
+/// the uninterrupted one.
+fn note_resume_changes(flags: &TrainFlags, saved: &TrainConfig) {
+    let pairs = [
+        (
+            "--max-steps",
+            flags.max_steps.map(|v| v as f64),
+            saved.max_steps as f64,
+        ),
+        (
+            "--batch-size",
+            flags.batch_size.map(|v| v as f64),
+            saved.batch_size as f64,
+        ),
+        (
+            "--grad-accum",
+            flags.grad_accum.map(|v| v as f64),
+            saved.grad_accum as f64,
+        ),
+        ("--lr", flags.lr, saved.lr),
+        ("--min-lr", flags.min_lr, saved.min_lr),
+        (
+            "--warmup-steps",
+            flags.warmup_steps.map(|v| v as f64),
+            saved.warmup_steps as f64,
+        ),
+        ("--weight-decay", flags.weight_decay, saved.weight_decay),
+        ("--grad-clip", flags.grad_clip, saved.grad_clip),
+        ("--seed", flags.seed.map(|v| v as f64), saved.seed as f64),
+    ];
+    for (flag, given, saved) in pairs {
+        if let Some(g) = given.filter(|g| *g != saved) {
+            eprintln!("note: {flag} {g} replaces the checkpoint's {saved}; the resumed run will differ from an uninterrupted one");
+        }
+    }
 }
 
 fn cmd_generate(args: GenerateArgs) -> Result<()> {
@@ -407,6 +499,7 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     let root = args.data.clone().unwrap_or_else(|| state.data.root.clone());
     let files = data::discover(&root, &state.data.ext)?;
     let streams = TokenStreams::build(&root, &files, &state.tokenizer)?;
+    streams.check_fits(state.model.block_size)?;
     let batches = Batches::new(
         &streams.val,
         state.model.block_size,
