@@ -114,9 +114,54 @@ pub fn read_state(dir: &Path) -> Result<State> {
 
 /// Reads `file` (safetensors) into the variables of `vs`, checking names and shapes first.
 pub fn load_tensors_into(vs: &nn::VarStore, file: &Path) -> Result<()> {
-    let tensors = read_tensors(file)?;
+    copy_into(vs, &read_tensors(file)?, file)
+}
+
+/// Checks that `dir/model.safetensors` holds a model of shape `cfg`, before one is built.
+pub fn check_model_file(dir: &Path, cfg: &ModelConfig) -> Result<()> {
+    let file = dir.join("model.safetensors");
+    check_dimensions(&read_tensors(&file)?, cfg, &file)
+}
+
+/// Compares the layer count and the embedding shapes of `tensors` with `cfg` *before* a
+/// model of that config is built: an edited or corrupt `state.json` (say `n_embd`
+/// 10⁹) would otherwise ask libtorch for more memory than exists.
+fn check_dimensions(tensors: &[(String, Tensor)], cfg: &ModelConfig, file: &Path) -> Result<()> {
+    let layers = tensors
+        .iter()
+        .filter_map(|(n, _)| n.strip_prefix("h.")?.split('.').next()?.parse::<i64>().ok())
+        .max()
+        .map_or(0, |i| i + 1);
+    if layers != cfg.n_layer {
+        return Err(Error::checkpoint(
+            file,
+            format!(
+                "has {layers} layers but state.json says n_layer {}; config and weights disagree",
+                cfg.n_layer
+            ),
+        ));
+    }
+    for (name, want) in [
+        ("wte.weight", [cfg.vocab_size, cfg.n_embd]),
+        ("wpe.weight", [cfg.block_size, cfg.n_embd]),
+    ] {
+        if let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) {
+            if t.size() != want {
+                return Err(Error::checkpoint(
+                    file,
+                    format!("tensor {name} has shape {:?} but the config needs {want:?}; config and weights disagree", t.size()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `tensors` (read from `file`) into the variables of `vs`, checking every name
+/// and shape first.
+fn copy_into(vs: &nn::VarStore, tensors: &[(String, Tensor)], file: &Path) -> Result<()> {
     let mut vars = vs.variables();
-    for (name, t) in &tensors {
+    for (name, t) in tensors {
         let Some(var) = vars.get(name) else {
             return Err(Error::checkpoint(
                 file,
@@ -138,7 +183,7 @@ pub fn load_tensors_into(vs: &nn::VarStore, file: &Path) -> Result<()> {
         ));
     }
     tch::no_grad(|| {
-        for (name, t) in &tensors {
+        for (name, t) in tensors {
             if let Some(var) = vars.get_mut(name) {
                 var.f_copy_(t)?;
             }
@@ -190,9 +235,12 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
             ),
         ));
     }
+    let file = dir.join("model.safetensors");
+    let tensors = read_tensors(&file)?;
+    check_dimensions(&tensors, &state.model, &file)?;
     let vs = nn::VarStore::new(device);
     let model = Gpt::new(&vs.root(), &state.model);
-    load_tensors_into(&vs, &dir.join("model.safetensors"))?;
+    copy_into(&vs, &tensors, &file)?;
     Ok(Loaded {
         dir,
         vs,

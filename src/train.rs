@@ -143,6 +143,9 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
     )?;
     let eval_starts = val_batches.eval_starts(tcfg.eval_windows);
 
+    if opts.resume {
+        checkpoint::check_model_file(&checkpoint::resolve(&opts.out)?, cfg)?;
+    }
     // Initialisation is seeded too, so two runs with one seed start from the same weights.
     tch::manual_seed(tcfg.seed as i64);
     let vs = nn::VarStore::new(opts.device);

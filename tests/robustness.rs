@@ -567,6 +567,23 @@ fn a_checkpoint_with_nan_weights_is_never_written() {
         before
     );
     assert!(!run.join("ckpt-latest.tmp").exists());
+
+    // For real: an LR so large that AdamW's step size overflows f32 turns finite weights
+    // and gradients into non-finite weights in one update. Nothing is saved.
+    let o = resume(&run, &["--lr", "1e39"]);
+    assert_user_error(
+        &o,
+        &[
+            "training diverged: the update of step 3",
+            "made the weights non-finite; nothing was saved, the last good checkpoint is",
+            "(step 2); lower --lr",
+        ],
+    );
+    assert_eq!(
+        fs::read(run.join("ckpt-latest/model.safetensors")).unwrap(),
+        before
+    );
+    assert_eq!(load_valid(&run), 2);
 }
 
 // ---------------------------------------------------------------------------------
@@ -910,7 +927,10 @@ fn checkpoint_problems_are_named() {
     edit_state(&dir, |v| v["model"]["n_layer"] = 3.into());
     assert_user_error(
         &generate(&dir, &[]),
-        &["has no tensor h.2.", "config and weights disagree"],
+        &[
+            "has 2 layers but state.json says n_layer 3",
+            "config and weights disagree",
+        ],
     );
     let dir = checkpoint_copy("ckpt-vocab");
     edit_state(&dir, |v| v["model"]["vocab_size"] = 100.into());
