@@ -56,10 +56,13 @@ TRAIN = dict(
     beta1=0.9,
     beta2=0.99,
     eps=1e-8,
-    # Not the preset's 1.0: at 1.3 the first 5 steps are clipped (norms 1.37 to 1.69)
-    # and the last 5 are not (1.23 to 1.28), so both branches of clipping are checked.
-    grad_clip=1.3,
+    # Not the preset's 1.0: at 4.0 the first 5 steps are clipped (norms 4.08 to 5.89)
+    # and the last 5 are not (2.61 to 3.55), so both branches of clipping are checked.
+    grad_clip=4.0,
 )
+
+# Exact (erf) GELU, as nanoGPT's nn.GELU(); "tanh" only for the sensitivity check below.
+GELU_APPROXIMATE = "none"
 
 TEXT = (
     "def squares(n):\n    return [x**2 for x in range(n)]\n\n"
@@ -95,7 +98,8 @@ class Block(torch.nn.Module):
 
     def forward(self, x):
         x = x + self.attention(self.ln_1(x))
-        return x + self.mlp.c_proj(F.gelu(self.mlp.c_fc(self.ln_2(x))))  # exact (erf) GELU
+        h = F.gelu(self.mlp.c_fc(self.ln_2(x)), approximate=GELU_APPROXIMATE)
+        return x + self.mlp.c_proj(h)
 
 
 class Gpt(torch.nn.Module):
@@ -122,22 +126,23 @@ class Gpt(torch.nn.Module):
 
 
 def randomize(model, seed):
-    """Fixed, non-trivial weights: matrices N(0, 0.02²) (residual projections scaled by
-    1/sqrt(2L) as GPT-2), and LayerNorm gains and all biases away from 1 and 0, so a
-    forward that ignored a bias or a gain would show."""
+    """Fixed weights at a scale where every part of the model matters: Linear weights
+    N(0, 1/fan_in) so that pre-activations are O(1) (at GPT-2's init std of 0.02 they
+    are ~0.1, where tanh-GELU and erf-GELU agree to 1e-7 and softmax is nearly uniform,
+    so a wrong activation would pass), embeddings N(0, 0.3²), and LayerNorm gains and
+    all biases away from 1 and 0, so that a forward pass that ignored one would show."""
     g = torch.Generator().manual_seed(seed)
-    n_layer = len(model.transformer.h)
     with torch.no_grad():
         for name, p in model.named_parameters():
             z = torch.randn(p.shape, generator=g)
-            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
-                p.copy_(1.0 + 0.1 * z)
+            if ".ln_" in name or name.startswith("transformer.ln_f"):
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * z)
             elif name.endswith(".bias"):
-                p.copy_(0.02 * z)
-            elif name.endswith("c_proj.weight"):
-                p.copy_(0.02 / math.sqrt(2 * n_layer) * z)
+                p.copy_(0.1 * z)
+            elif p.dim() == 2 and ".h." in name:
+                p.copy_(z / math.sqrt(p.shape[1]))
             else:
-                p.copy_(0.02 * z)
+                p.copy_(0.3 * z)  # wte (also the head) and wpe
 
 
 def sympathy_names(model):
@@ -169,6 +174,18 @@ def batch(b, t):
     return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T), (B, T)
 
 
+def sensitivity_check(model, x, logits):
+    """The fixture must tell apart what a port could get subtly wrong: GPT-2's
+    tanh-approximated GELU must move the logits by far more than the test's 1e-5."""
+    global GELU_APPROXIMATE
+    GELU_APPROXIMATE = "tanh"
+    with torch.no_grad():
+        moved = ((model(x) - logits).abs().max() / logits.abs().max()).item()
+    GELU_APPROXIMATE = "none"
+    print(f"sensitivity: tanh-GELU moves the logits by {moved:.1e} (relative)")
+    assert moved > 1e-4, "the fixture cannot tell GELU variants apart; scale the weights up"
+
+
 def parity_fixtures():
     cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=CHAR_VOCAB_SIZE, bias=True)
     model = Gpt(**cfg)
@@ -182,6 +199,7 @@ def parity_fixtures():
     loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
     loss.backward()
     tensors["logits"] = logits.detach().clone()
+    sensitivity_check(model, x, logits.detach())
     tensors.update({f"grads.{n}": p.grad.clone() for n, p in params.items()})
     model.zero_grad(set_to_none=True)
 

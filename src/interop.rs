@@ -149,7 +149,8 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
         ));
     }
     if let Some(head) = tensors.remove("lm_head.weight") {
-        if head.size() != wte.size() || !head.equal(&wte) {
+        if head.size() != wte.size() || !head.to_kind(Kind::Float).equal(&wte.to_kind(Kind::Float))
+        {
             return Err(Error::checkpoint(&file, "lm_head.weight differs from transformer.wte.weight: the head is untied, and sympathy's GPT ties it"));
         }
     }

@@ -24,6 +24,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 const FORWARD_TOL: f64 = 1e-5;
 const BACKWARD_TOL: f64 = 1e-4;
+/// For the 10-step updates (after - before), each a difference of two fp32 weights.
+const UPDATE_TOL: f64 = 1e-3;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -86,7 +88,7 @@ fn fixture_train_config() -> TrainConfig {
 #[test]
 fn forward_loss_and_every_gradient_match_pytorch() {
     let tmp = tempfile::tempdir().unwrap();
-    let (vs, model, _) = fixture_model(tmp.path());
+    let (vs, model, cfg) = fixture_model(tmp.path());
     let fx = read(&fixtures().join("parity.safetensors"));
     let logits = model.forward(&fx["x"], false);
     let e_logits = rel_err(&logits, &fx["logits"]);
@@ -109,6 +111,18 @@ fn forward_loss_and_every_gradient_match_pytorch() {
         assert!(e < BACKWARD_TOL, "gradient of {name} differs by {e:e}");
         if e > worst.0 {
             worst = (e, name.clone());
+        }
+        if name.ends_with("attn.c_attn.bias") {
+            // Adding b·q to every score of a query leaves its softmax unchanged, so the
+            // key bias has no gradient in exact arithmetic, in both implementations.
+            let c = cfg.n_embd;
+            for g in [var.grad(), fx[&format!("grads.{name}")].shallow_clone()] {
+                let key = g.narrow(0, c, c).abs().max().double_value(&[]);
+                assert!(
+                    key < 1e-5 * g.abs().max().double_value(&[]),
+                    "{name}: key-bias gradient {key:e}"
+                );
+            }
         }
     }
     println!(
@@ -162,37 +176,44 @@ fn ten_adamw_steps_match_pytorch() {
         0 < clipped && clipped < 10,
         "the fixture should clip some steps, not all ({clipped})"
     );
-    // The key bias gets no gradient in exact arithmetic: adding b·q to every score of a
-    // query leaves its softmax unchanged. Its fp32 gradient is rounding noise (~1e-11),
-    // which AdamW divides by sqrt(v) + eps and turns into ~1e-6 steps that no two
-    // implementations share. So the key third is checked for not learning, and the
-    // query and value thirds against PyTorch like every other tensor.
+    // The key bias has no gradient (see the test above): its fp32 gradient is rounding
+    // noise, which AdamW divides by sqrt(v) + eps and turns into steps of up to lr that
+    // no two implementations share, and that change no output (the softmax ignores
+    // them). So the key third of c_attn.bias is left out; the query and value thirds are
+    // compared like every other tensor.
+    //
+    // The weights move by ~1e-3 in 10 steps, so besides the weights themselves the
+    // updates (after - before) are compared too: an optimizer slip of 1 % shows in them
+    // as 1e-2 but in the weights only as ~1e-5. An update is the difference of two
+    // nearly equal fp32 numbers, hence its looser tolerance.
     let c = cfg.n_embd;
-    let mut worst = (0.0, String::new());
-    let mut key_drift = 0.0f64;
-    for (name, var) in vs.variables() {
-        let want = &fx[&format!("after10.{name}")];
-        let e = if name.ends_with("attn.c_attn.bias") {
-            let init = &fx[&format!("weights.{name}")];
-            for t in [&var, want] {
-                let drift = (t.narrow(0, c, c) - init.narrow(0, c, c)).abs().max();
-                key_drift = key_drift.max(drift.double_value(&[]));
-            }
-            let qv = |t: &Tensor| Tensor::cat(&[t.narrow(0, 0, c), t.narrow(0, 2 * c, c)], 0);
-            rel_err(&qv(&var), &qv(want))
+    let qv = |name: &str, t: Tensor| {
+        if name.ends_with("attn.c_attn.bias") {
+            Tensor::cat(&[t.narrow(0, 0, c), t.narrow(0, 2 * c, c)], 0)
         } else {
-            rel_err(&var, want)
-        };
+            t
+        }
+    };
+    let (mut worst, mut worst_update) = ((0.0, String::new()), (0.0, String::new()));
+    for (name, var) in vs.variables() {
+        let before = qv(&name, fx[&format!("weights.{name}")].shallow_clone());
+        let want = qv(&name, fx[&format!("after10.{name}")].shallow_clone());
+        let got = qv(&name, var.detach());
+        let e = rel_err(&got, &want);
         assert!(e < BACKWARD_TOL, "{name} after 10 steps differs by {e:e}");
+        let e_update = rel_err(&(&got - &before), &(&want - &before));
+        assert!(
+            e_update < UPDATE_TOL,
+            "{name}: its 10-step update differs by {e_update:e}"
+        );
         if e > worst.0 {
-            worst = (e, name);
+            worst = (e, name.clone());
+        }
+        if e_update > worst_update.0 {
+            worst_update = (e_update, name);
         }
     }
-    assert!(
-        key_drift < 1e-5,
-        "key biases moved by {key_drift:e}: they have no gradient"
-    );
-    println!("10 steps ({clipped} clipped): loss max rel diff {worst_loss:.2e}; weights max rel diff {:.2e} ({}); key biases drift {key_drift:.1e}", worst.0, worst.1);
+    println!("10 steps ({clipped} clipped): loss max rel diff {worst_loss:.2e}; weights max rel diff {:.2e} ({}); updates max rel diff {:.2e} ({})", worst.0, worst.1, worst_update.0, worst_update.1);
 }
 
 /// `.venv/bin/python` when it exists, with the note of a skip otherwise.
