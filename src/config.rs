@@ -197,7 +197,7 @@ impl TrainConfig {
             return Err(Error::config("--eval-windows", "must be positive"));
         }
         if let Some(m) = self.max_minutes {
-            if !(m > 0.0) {
+            if m.is_nan() || m <= 0.0 {
                 return Err(Error::config(
                     "--max-minutes",
                     format!("must be positive, got {m}"),

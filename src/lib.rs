@@ -19,6 +19,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod generate;
+pub mod interop;
 pub mod kv_cache;
 pub mod metrics;
 pub mod model;

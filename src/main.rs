@@ -9,6 +9,7 @@ use sympathy::checkpoint;
 use sympathy::config::{DeviceChoice, ModelConfig, Preset};
 use sympathy::data::{self, Batches, TokenStreams};
 use sympathy::generate::{self, GenerateConfig};
+use sympathy::interop;
 use sympathy::sampling::SamplingConfig;
 use sympathy::tokenizer::Tokenizer;
 use sympathy::train::{self, StopCause, StopFlags, TrainOptions};
@@ -25,6 +26,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 enum Command {
     /// Train a GPT on a folder of source files (default: the Python standard library).
     Train(TrainArgs),
@@ -32,6 +34,49 @@ enum Command {
     Generate(GenerateArgs),
     /// Mean validation loss of a checkpoint, in nats and bits per character.
     Eval(EvalArgs),
+    /// Convert a nanoGPT checkpoint into a sympathy run folder.
+    Import(ImportArgs),
+    /// Write a checkpoint in another format (Hugging Face GPT-2).
+    Export(ExportArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFrom {
+    /// nanoGPT's ckpt.pt (or the folder scripts/nanogpt_to_safetensors.py writes).
+    Nanogpt,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[arg(long, value_enum)]
+    from: ImportFrom,
+    /// nanoGPT's ckpt.pt, or a folder converted by scripts/nanogpt_to_safetensors.py.
+    ckpt: PathBuf,
+    /// The run folder to create (its ckpt-latest/ holds the imported model).
+    #[arg(long)]
+    out: PathBuf,
+    /// The dataset's meta.pkl, for a char model (its ids are remapped to ASCII codes).
+    #[arg(long)]
+    meta: Option<PathBuf>,
+    /// Python with PyTorch, to read the .pt [default: $SYMPATHY_PYTHON, .venv/bin/python, python3].
+    #[arg(long)]
+    python: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportTo {
+    /// Hugging Face GPT2LMHeadModel: model.safetensors + config.json.
+    SafetensorsHf,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long, value_enum)]
+    to: ExportTo,
+    /// A run folder or a checkpoint folder.
+    checkpoint: PathBuf,
+    /// The folder to write (created if missing; its model.safetensors and config.json are replaced).
+    out_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -184,6 +229,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Train(args) => cmd_train(args),
         Command::Generate(args) => cmd_generate(args).map(|_| 0),
         Command::Eval(args) => cmd_eval(args).map(|_| 0),
+        Command::Import(args) => cmd_import(args).map(|_| 0),
+        Command::Export(args) => cmd_export(args).map(|_| 0),
     }
 }
 
@@ -431,5 +478,55 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
             state.step
         );
     }
+    Ok(())
+}
+
+fn cmd_import(args: ImportArgs) -> Result<()> {
+    let ImportFrom::Nanogpt = args.from;
+    if !args.ckpt.exists() {
+        bail!(
+            "{}: does not exist; give nanoGPT's ckpt.pt (e.g. out-shakespeare-char/ckpt.pt)",
+            args.ckpt.display()
+        );
+    }
+    let is_pt = args.ckpt.is_file();
+    if !is_pt && !args.ckpt.join("nanogpt.json").is_file() {
+        bail!("{}: neither a nanoGPT ckpt.pt nor a folder converted by scripts/nanogpt_to_safetensors.py", args.ckpt.display());
+    }
+    if !is_pt && args.meta.is_some() {
+        bail!("--meta: a converted folder already holds its vocabulary; give --meta to scripts/nanogpt_to_safetensors.py instead");
+    }
+    let report = if is_pt {
+        let python = interop::python_for_import(args.python);
+        // Converted next to the run folder, so a failed import leaves no half-made run.
+        let tmp = args.out.with_extension("nanogpt.tmp");
+        let result = interop::convert_nanogpt_pt(&args.ckpt, args.meta.as_deref(), &python, &tmp)
+            .and_then(|()| interop::import_nanogpt(&tmp, &args.out));
+        let _ = std::fs::remove_dir_all(&tmp);
+        result?
+    } else {
+        interop::import_nanogpt(&args.ckpt, &args.out)?
+    };
+    let c = &report.config;
+    eprintln!(
+        "imported {} (n_layer {}, n_head {}, n_embd {}, block_size {}, bias {}) into {}; optimizer moments are zero (step 0)",
+        args.ckpt.display(), c.n_layer, c.n_head, c.n_embd, c.block_size, c.bias, report.checkpoint.display()
+    );
+    if report.unmapped_ids > 0 {
+        eprintln!(
+            "note: {} of sympathy's {} ids are not in the nanoGPT vocabulary; their embedding rows are zero (logit 0) until fine-tuned",
+            report.unmapped_ids, c.vocab_size
+        );
+    }
+    Ok(())
+}
+
+fn cmd_export(args: ExportArgs) -> Result<()> {
+    let ExportTo::SafetensorsHf = args.to;
+    let n = interop::export_hf(&args.checkpoint, &args.out_dir)?;
+    eprintln!(
+        "wrote {n} tensors to {} (model.safetensors, config.json) for GPT2LMHeadModel",
+        args.out_dir.display()
+    );
     Ok(())
 }

@@ -300,7 +300,7 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
 
         let is_last = state.step == tcfg.max_steps;
         let mut val_loss = None;
-        if state.step % tcfg.eval_every == 0 || is_last {
+        if state.step.is_multiple_of(tcfg.eval_every) || is_last {
             let v = evaluate(&model, &val_batches, &eval_starts);
             val_loss = Some(v);
             state.last_val_loss = Some(v);
@@ -329,7 +329,7 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
             tokens_seen: state.tokens_seen,
             grad_norm: grad_norm.is_finite().then_some(grad_norm),
         })?;
-        if state.step % tcfg.checkpoint_every == 0 && !is_last {
+        if state.step.is_multiple_of(tcfg.checkpoint_every) && !is_last {
             checkpoint::save_atomically(&opts.out, LATEST, &vs, &opt, &state)?;
         }
         bar.set_position(state.step);
