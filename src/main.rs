@@ -451,7 +451,11 @@ fn cmd_eval(args: EvalArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let state = &loaded.state;
-    let root = args.data.clone().unwrap_or_else(|| state.data.root.clone());
+    let root = match (&args.data, state.data.root.as_os_str().is_empty()) {
+        (Some(d), _) => d.clone(),
+        (None, false) => state.data.root.clone(),
+        (None, true) => bail!("--data: the checkpoint records no corpus (it was imported); pass --data DIR"),
+    };
     let files = data::discover(&root, &state.data.ext)?;
     let streams = TokenStreams::build(&root, &files, &state.tokenizer)?;
     let batches = Batches::new(
