@@ -246,7 +246,7 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
 
     let ms_step = median(&step_ms);
     let tokens_per_s = (bsz * t) as f64 / (ms_step / 1e3);
-    let flops_per_token = flops::training_flops_per_token(cfg);
+    let flops_per_token = flops::flops_per_token(cfg);
     let achieved_gflops = tokens_per_s * flops_per_token / 1e9;
     Ok(TrainReport {
         tokens_per_s,

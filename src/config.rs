@@ -85,6 +85,11 @@ pub struct TrainConfig {
     pub eval_windows: i64,
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Stop (with a checkpoint) once this many updates are done, without changing the LR
+    /// schedule, which `max_steps` defines: train a long run in sessions. Belongs to one
+    /// session, so it is never saved and a resumed run does not inherit it.
+    #[serde(skip)]
+    pub stop_at_step: Option<u64>,
 }
 
 /// Named defaults. `tiny` is for tests, `small` is the CPU default of `make demo`,
@@ -133,6 +138,7 @@ impl Preset {
             eval_windows: 256,
             checkpoint_every: 500,
             seed: 1337,
+            stop_at_step: None,
         };
         match self {
             Preset::Tiny => TrainConfig {
@@ -190,6 +196,30 @@ impl TrainConfig {
                 format!("must be a positive number, got {}", self.lr),
             ));
         }
+        if self.max_steps == 0 {
+            return Err(Error::config("--max-steps", "must be at least 1"));
+        }
+        if self.stop_at_step == Some(0) {
+            return Err(Error::config("--stop-at-step", "must be at least 1"));
+        }
+        for (flag, v) in [
+            ("--min-lr", self.min_lr),
+            ("--weight-decay", self.weight_decay),
+            ("--grad-clip", self.grad_clip),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::config(
+                    flag,
+                    format!("must be 0 or a positive number, got {v}"),
+                ));
+            }
+        }
+        if self.checkpoint_every == 0 {
+            return Err(Error::config(
+                "--checkpoint-every",
+                "must be at least 1 (a checkpoint is always written at the end too)",
+            ));
+        }
         if self.eval_every == 0 {
             return Err(Error::config("--eval-every", "must be positive"));
         }
@@ -197,7 +227,7 @@ impl TrainConfig {
             return Err(Error::config("--eval-windows", "must be positive"));
         }
         if let Some(m) = self.max_minutes {
-            if !(m > 0.0) {
+            if m.is_nan() || m <= 0.0 {
                 return Err(Error::config(
                     "--max-minutes",
                     format!("must be positive, got {m}"),

@@ -243,7 +243,9 @@ impl AdamW {
             Ok(())
         })?;
         let step = find("step").ok_or_else(|| missing("step"))?;
-        self.step = step.int64_value(&[0]);
+        self.step = step
+            .f_int64_value(&[0])
+            .map_err(|e| Error::checkpoint(source, format!("optimizer step is unreadable: {e}")))?;
         Ok(())
     }
 }

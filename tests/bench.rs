@@ -8,7 +8,7 @@ use common::{run, stderr, stdout};
 use serde_json::Value;
 use std::sync::Mutex;
 use sympathy::config::{ModelConfig, Preset};
-use sympathy::flops::training_flops_per_token;
+use sympathy::flops::flops_per_token;
 use sympathy::model::Gpt;
 use sympathy::optim::AdamW;
 use tch::{nn, Device, Kind, Tensor};
@@ -246,12 +246,12 @@ fn bench_train_json_reports_the_stable_fields() {
     };
     assert_eq!(
         v["flops_per_token"].as_f64().unwrap(),
-        training_flops_per_token(&cfg)
+        flops_per_token(&cfg)
     );
     let tokens = (4 * cfg.block_size) as f64;
     let tps = v["tokens_per_s"].as_f64().unwrap();
     assert!((tps - tokens / (v["ms_step"].as_f64().unwrap() / 1e3)).abs() <= 1e-6 * tps);
-    let achieved = tps * training_flops_per_token(&cfg) / 1e9;
+    let achieved = tps * flops_per_token(&cfg) / 1e9;
     assert!((mfu - achieved / v["peak_gflops"].as_f64().unwrap()).abs() <= 1e-9);
     for (field, want) in [
         ("n_layer", 1),
