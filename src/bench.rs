@@ -142,8 +142,9 @@ pub struct TrainBench {
     pub warmup: usize,
     pub device: Device,
     pub dtype: Dtype,
-    /// Data-parallel workers (see [`crate::data_parallel`]); 1 = intra-op threads only.
-    pub workers: usize,
+    /// Data-parallel workers (see [`crate::data_parallel`]); 1 = intra-op threads
+    /// only; `None` = what training uses.
+    pub workers: Option<usize>,
 }
 
 /// The `bench train --json` object. Field names are stable: scripts read them.
@@ -198,7 +199,10 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     }
     let mut opt = AdamW::new(&vs, tcfg);
     let mut model = model;
-    let mut dp = DataParallel::new(cfg, device, &opt, b.workers);
+    let workers = b
+        .workers
+        .unwrap_or_else(|| crate::data_parallel::default_workers(cfg, device));
+    let mut dp = DataParallel::new(cfg, device, &opt, workers);
     let n_params: i64 = vs
         .trainable_variables()
         .iter()
@@ -217,7 +221,10 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
         let t0 = Instant::now();
         let (loss, t1) = if dp.workers() > 1 {
             let out = dp.forward_backward(&mut model, &mut opt, &x, &y, 1.0);
-            (out.loss, t0 + std::time::Duration::from_secs_f64(out.ms_forward / 1e3))
+            (
+                out.loss,
+                t0 + std::time::Duration::from_secs_f64(out.ms_forward / 1e3),
+            )
         } else {
             let loss = Gpt::loss(&model.forward(&x, true), &y);
             sync(device);

@@ -30,7 +30,9 @@ static LOADED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 /// Returns why CUDA support is missing, for error messages (`Ok` once loaded).
 pub fn ensure_loaded() -> Result<(), String> {
     if !std::path::Path::new(NVIDIA_CONTROL).exists() {
-        return Err(format!("no NVIDIA driver ({NVIDIA_CONTROL} does not exist)"));
+        return Err(format!(
+            "no NVIDIA driver ({NVIDIA_CONTROL} does not exist)"
+        ));
     }
     load_libtorch_cuda().map(|_| ())
 }
@@ -53,7 +55,10 @@ pub fn load_libtorch_cuda() -> Result<PathBuf, String> {
                     Err(e) => errors.push(e),
                 }
             }
-            Err(format!("cannot load libtorch_cuda.so: {}", errors.join("; ")))
+            Err(format!(
+                "cannot load libtorch_cuda.so: {}",
+                errors.join("; ")
+            ))
         })
         .clone()
 }

@@ -48,6 +48,16 @@ pub struct Outcome {
     pub ms_forward: f64,
 }
 
+/// How many workers training uses by default: on the CPU one per intra-op thread
+/// (libtorch's default is one per physical core), elsewhere, or with dropout, one.
+pub fn default_workers(cfg: &ModelConfig, device: Device) -> usize {
+    if device == Device::Cpu && cfg.dropout == 0.0 {
+        tch::get_num_threads().max(1) as usize
+    } else {
+        1
+    }
+}
+
 impl DataParallel {
     /// `workers` in all, the caller's model being the first: builds `workers - 1`
     /// replicas of a `cfg` model on `device` that share `opt`'s weights.

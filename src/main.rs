@@ -141,9 +141,10 @@ struct BenchTrainArgs {
     /// Intra-op CPU threads [default: libtorch's, the number of physical cores].
     #[arg(long)]
     threads: Option<i32>,
-    /// Data-parallel workers, each on its slice of the batch with one thread.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    /// Data-parallel workers, each on a slice of the batch with one thread
+    /// [default: as training: one per thread on the CPU, else 1].
+    #[arg(long)]
+    workers: Option<usize>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -913,7 +914,6 @@ fn cmd_plot(args: PlotArgs) -> Result<()> {
     Ok(())
 }
 
-
 /// `--threads`: at least 1; unset leaves libtorch's default.
 fn set_threads(threads: Option<i32>) -> Result<()> {
     match threads {
@@ -963,6 +963,9 @@ fn cmd_bench_matmul(args: BenchMatmulArgs) -> Result<()> {
 
 fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
     set_threads(args.threads)?;
+    if args.workers == Some(0) {
+        bail!("--workers: must be at least 1");
+    }
     let device = args.device.resolve()?;
     let mut model = args.preset.model(Tokenizer::default().vocab_size());
     override_fields!(model, args, [n_layer, n_head, n_embd, block_size]);
@@ -981,8 +984,8 @@ fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "model: {} layers, {} heads, n_embd {}, T {}, batch {}; {:.2}M parameters; {:?} on {} with {} threads",
-            r.n_layer, r.n_head, r.n_embd, r.block_size, r.batch_size, r.n_params as f64 / 1e6, r.dtype, r.device, r.threads
+            "model: {} layers, {} heads, n_embd {}, T {}, batch {}; {:.2}M parameters; {:?} on {} with {} threads, {} data-parallel workers",
+            r.n_layer, r.n_head, r.n_embd, r.block_size, r.batch_size, r.n_params as f64 / 1e6, r.dtype, r.device, r.threads, r.workers
         );
         println!(
             "step {:.1} ms = forward {:.1} + backward {:.1} + optimizer {:.1} (medians of {} steps)",

@@ -98,7 +98,9 @@ impl AdamW {
         fused_adamw::define_grads(&replica_vars);
         tch::no_grad(|| {
             for p in &self.params {
-                let var = vars.get_mut(&p.name).expect("the replica has the same variables");
+                let var = vars
+                    .get_mut(&p.name)
+                    .expect("the replica has the same variables");
                 let _ = var.set_source_tensor_(&p.param);
                 let _ = var
                     .grad()

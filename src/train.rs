@@ -10,6 +10,7 @@ use crate::bench::{self, Dtype};
 use crate::checkpoint::{self, DataSpec, State, BEST, LATEST};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{Batches, TokenStreams};
+use crate::data_parallel::{default_workers, DataParallel};
 use crate::flops;
 use crate::metrics::{MetricsWriter, Record};
 use crate::model::Gpt;
@@ -151,8 +152,10 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
     // Initialisation is seeded too, so two runs with one seed start from the same weights.
     tch::manual_seed(tcfg.seed as i64);
     let vs = nn::VarStore::new(opts.device);
-    let model = Gpt::new(&vs.root(), cfg);
+    let mut model = Gpt::new(&vs.root(), cfg);
     let mut opt = AdamW::new(&vs, tcfg);
+    // On the CPU, forward and backward run as one worker per core (`data_parallel`).
+    let mut workers = DataParallel::new(cfg, opts.device, &opt, default_workers(cfg, opts.device));
     let schedule = LrSchedule::new(tcfg);
     let mut state = State {
         format_version: checkpoint::FORMAT_VERSION,
@@ -283,9 +286,16 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         let mut loss_sum = Tensor::zeros([], (Kind::Float, opts.device));
         for micro in 0..tcfg.grad_accum as u64 {
             let (x, y) = train_batches.get(step, micro); // (B, T), (B, T)
-            let loss = Gpt::loss(&model.forward(&x, true), &y) / tcfg.grad_accum as f64;
-            loss.backward();
-            loss_sum += loss.detach();
+            let ga = tcfg.grad_accum as f64;
+            loss_sum += if workers.workers() > 1 {
+                workers
+                    .forward_backward(&mut model, &mut opt, &x, &y, 1.0 / ga)
+                    .loss
+            } else {
+                let loss = Gpt::loss(&model.forward(&x, true), &y) / ga;
+                loss.backward();
+                loss.detach()
+            };
         }
         let loss = loss_sum.double_value(&[]);
         let grad_norm = opt.grad_norm().double_value(&[]);
