@@ -34,6 +34,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     if let Some(dir) = libtorch_lib_dir() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+        // For `cuda::ensure_loaded`, which dlopens libtorch_cuda from here on GPU machines.
+        println!("cargo:rustc-env=SYMPATHY_LIBTORCH_LIB={}", dir.display());
     } else {
         println!(
             "cargo:warning=libtorch not found: run `make build` (scripts/setup_libtorch.sh) first"

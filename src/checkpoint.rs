@@ -55,7 +55,7 @@ pub struct State {
 /// The checkpoint directory `path` refers to: itself if it holds `state.json`, else its
 /// `ckpt-latest/` (or `ckpt-latest.old/`, left by a crash in the middle of a swap).
 pub fn resolve(path: &Path) -> Result<PathBuf> {
-    if !path.exists() {
+    if !path.exists() && !set_aside(path).exists() {
         return Err(Error::checkpoint(
             path,
             "does not exist; train one with `sympathy train --out DIR` first",
@@ -63,6 +63,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     }
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
+    }
+    // `RUN/ckpt-best` itself may have been caught mid-swap: its `.old` twin is whole.
+    if set_aside(path).join("state.json").is_file() {
+        return Ok(set_aside(path));
     }
     for name in [LATEST.to_string(), format!("{LATEST}.old")] {
         let dir = path.join(name);
@@ -74,6 +78,13 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         path,
         format!("has no state.json and no {LATEST}/; is it a sympathy run folder?"),
     ))
+}
+
+/// `DIR.old`: where [`save_atomically`] keeps the previous `DIR` during the swap.
+fn set_aside(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".old");
+    PathBuf::from(name)
 }
 
 /// Reads and checks `state.json` of checkpoint directory `dir`.
@@ -103,13 +114,58 @@ pub fn read_state(dir: &Path) -> Result<State> {
 
 /// Reads `file` (safetensors) into the variables of `vs`, checking names and shapes first.
 pub fn load_tensors_into(vs: &nn::VarStore, file: &Path) -> Result<()> {
-    let tensors = read_tensors(file)?;
+    copy_into(vs, &read_tensors(file)?, file)
+}
+
+/// Checks that `dir/model.safetensors` holds a model of shape `cfg`, before one is built.
+pub fn check_model_file(dir: &Path, cfg: &ModelConfig) -> Result<()> {
+    let file = dir.join("model.safetensors");
+    check_dimensions(&read_tensors(&file)?, cfg, &file)
+}
+
+/// Compares the layer count and the embedding shapes of `tensors` with `cfg` *before* a
+/// model of that config is built: an edited or corrupt `state.json` (say `n_embd`
+/// 10⁹) would otherwise ask libtorch for more memory than exists.
+fn check_dimensions(tensors: &[(String, Tensor)], cfg: &ModelConfig, file: &Path) -> Result<()> {
+    let layers = tensors
+        .iter()
+        .filter_map(|(n, _)| n.strip_prefix("h.")?.split('.').next()?.parse::<i64>().ok())
+        .max()
+        .map_or(0, |i| i + 1);
+    if layers != cfg.n_layer {
+        return Err(Error::checkpoint(
+            file,
+            format!(
+                "has {layers} layers but state.json says n_layer {}; config and weights disagree",
+                cfg.n_layer
+            ),
+        ));
+    }
+    for (name, want) in [
+        ("wte.weight", [cfg.vocab_size, cfg.n_embd]),
+        ("wpe.weight", [cfg.block_size, cfg.n_embd]),
+    ] {
+        if let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) {
+            if t.size() != want {
+                return Err(Error::checkpoint(
+                    file,
+                    format!("tensor {name} has shape {:?} but the config needs {want:?}; config and weights disagree", t.size()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `tensors` (read from `file`) into the variables of `vs`, checking every name
+/// and shape first.
+fn copy_into(vs: &nn::VarStore, tensors: &[(String, Tensor)], file: &Path) -> Result<()> {
     let mut vars = vs.variables();
-    for (name, t) in &tensors {
+    for (name, t) in tensors {
         let Some(var) = vars.get(name) else {
             return Err(Error::checkpoint(
                 file,
-                format!("has tensor {name} that the model does not have"),
+                format!("has tensor {name} that the model of state.json does not have; config and weights disagree"),
             ));
         };
         if var.size() != t.size() {
@@ -119,20 +175,22 @@ pub fn load_tensors_into(vs: &nn::VarStore, file: &Path) -> Result<()> {
             ));
         }
     }
-    tch::no_grad(|| {
-        for (name, t) in &tensors {
-            if let Some(var) = vars.get_mut(name) {
-                var.copy_(t);
-            }
-        }
-    });
+    // Every check before the first copy: a failed load leaves the model untouched.
     if let Some(name) = vars.keys().find(|n| !tensors.iter().any(|(m, _)| m == *n)) {
         return Err(Error::checkpoint(
             file,
-            format!("has no tensor {name}; the file is incomplete"),
+            format!("has no tensor {name}, which the model of state.json needs; the file is incomplete or config and weights disagree"),
         ));
     }
-    Ok(())
+    tch::no_grad(|| {
+        for (name, t) in tensors {
+            if let Some(var) = vars.get_mut(name) {
+                var.f_copy_(t)?;
+            }
+        }
+        Ok::<(), tch::TchError>(())
+    })
+    .map_err(|e| Error::checkpoint(file, format!("cannot be loaded: {e}")))
 }
 
 /// All tensors of a safetensors file, with a checkpoint error for a corrupt one.
@@ -166,9 +224,23 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
     state.model.validate().map_err(|e| {
         Error::checkpoint(dir.join("state.json"), format!("invalid model config: {e}"))
     })?;
+    if state.model.vocab_size != state.tokenizer.vocab_size() {
+        // Token ids past the embedding table would crash inside libtorch.
+        return Err(Error::checkpoint(
+            dir.join("state.json"),
+            format!(
+                "model vocab_size {} does not match the tokenizer's {}; the file was edited or is corrupt",
+                state.model.vocab_size,
+                state.tokenizer.vocab_size()
+            ),
+        ));
+    }
+    let file = dir.join("model.safetensors");
+    let tensors = read_tensors(&file)?;
+    check_dimensions(&tensors, &state.model, &file)?;
     let vs = nn::VarStore::new(device);
     let model = Gpt::new(&vs.root(), &state.model);
-    load_tensors_into(&vs, &dir.join("model.safetensors"))?;
+    copy_into(&vs, &tensors, &file)?;
     Ok(Loaded {
         dir,
         vs,
@@ -195,7 +267,7 @@ pub fn save_atomically(
 ) -> Result<PathBuf> {
     let final_dir = run_dir.join(name);
     let tmp = run_dir.join(format!("{name}.tmp"));
-    let old = run_dir.join(format!("{name}.old"));
+    let old = set_aside(&final_dir);
     let fail = |what: String| {
         let _ = fs::remove_dir_all(&tmp);
         let kept = if final_dir.exists() {
@@ -208,6 +280,26 @@ pub fn save_atomically(
         };
         Error::checkpoint(&tmp, format!("{what}{kept}"))
     };
+    // Never let NaN or infinite weights replace a good checkpoint.
+    let variables = vs.variables();
+    if !all_finite(variables.values()) {
+        let bad = variables
+            .iter()
+            .find(|(_, t)| !all_finite([*t]))
+            .expect("one tensor is not finite");
+        return Err(Error::checkpoint(
+            &final_dir,
+            format!(
+                "not written: tensor {} holds NaN or infinite values{}",
+                bad.0,
+                if final_dir.exists() {
+                    "; the previous checkpoint is intact"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
     let write = || -> std::result::Result<(), String> {
         if tmp.exists() {
             fs::remove_dir_all(&tmp)
@@ -215,8 +307,8 @@ pub fn save_atomically(
         }
         fs::create_dir_all(&tmp).map_err(|e| format!("cannot create: {e}"))?;
         let model_file = tmp.join("model.safetensors");
-        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut named: Vec<(&String, &Tensor)> = variables.iter().collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
         Tensor::write_safetensors(&named, &model_file)
             .map_err(|e| format!("cannot write model.safetensors: {e}"))?;
         Tensor::write_safetensors(&opt.state_tensors(), tmp.join("optimizer.safetensors"))
@@ -249,6 +341,13 @@ pub fn save_atomically(
     let _ = fsync(run_dir);
     let _ = fs::remove_dir_all(&old);
     Ok(final_dir)
+}
+
+/// Whether every element of every tensor is finite (no NaN, no ±inf), with one host
+/// sync for all of them.
+pub fn all_finite<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    let flags: Vec<Tensor> = tensors.into_iter().map(|t| t.isfinite().all()).collect();
+    flags.is_empty() || Tensor::stack(&flags, 0).all().int64_value(&[]) != 0
 }
 
 fn fsync(path: &Path) -> std::io::Result<()> {

@@ -79,6 +79,12 @@ pub fn discover(root: &Path, ext: &str) -> Result<Vec<PathBuf>> {
             files.push(entry.into_path());
         }
     }
+    if files.is_empty() && fs::read_dir(root).is_ok_and(|mut d| d.next().is_none()) {
+        return Err(Error::corpus(
+            root,
+            "is empty; put source files in it or pass another --data",
+        ));
+    }
     if files.is_empty() {
         return Err(Error::corpus(
             root,
@@ -236,13 +242,38 @@ impl TokenStreams {
         report.val_files = n_val;
         report.train_tokens = train.len();
         report.val_tokens = val.len();
-        if train.is_empty() || val.is_empty() {
+        if n_train == 0 || n_val == 0 {
             return Err(Error::corpus(
                 root,
-                "no readable text files in the train or validation split; add UTF-8 source files",
+                format!(
+                    "no readable text file in the {} split (skipped {} binary, {} non-UTF-8, {} unreadable); add UTF-8 source files",
+                    if n_train == 0 { "training" } else { "validation" },
+                    report.skipped_binary,
+                    report.skipped_non_utf8,
+                    report.skipped_unreadable
+                ),
             ));
         }
         Ok(TokenStreams { train, val, report })
+    }
+}
+
+impl TokenStreams {
+    /// Both splits must hold at least one window of `block_size + 1` tokens; says which
+    /// one does not, in terms of the corpus rather than of a libtorch index error.
+    pub fn check_fits(&self, block_size: i64) -> Result<()> {
+        for (split, len) in [
+            ("training", self.train.len()),
+            ("validation", self.val.len()),
+        ] {
+            if (len as i64) < block_size + 1 {
+                return Err(Error::corpus(
+                    &self.report.root,
+                    format!("its {split} split has {len} tokens, less than one window of {} (--block-size {block_size} + 1); add files or use a smaller --block-size", block_size + 1),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -32,6 +32,10 @@ pub enum Error {
     #[error("training diverged: {0}")]
     Diverged(String),
 
+    /// Drawing or writing a PNG failed.
+    #[error("{path}: cannot draw the picture: {message}")]
+    Plot { path: PathBuf, message: String },
+
     /// An error from libtorch itself (shape mismatch, out of memory, …).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

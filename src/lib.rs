@@ -14,16 +14,25 @@
 //! `B` batch, `T` time (sequence length), `C` channels (`n_embd`), `H` heads,
 //! `D` head dimension (`C / H`), `V` vocabulary size.
 
+pub mod bench;
 pub mod bench_generate;
 pub mod checkpoint;
 pub mod config;
+pub mod cuda;
 pub mod data;
+pub mod data_parallel;
 pub mod error;
+pub mod explain;
+pub mod flops;
+pub mod fused_adamw;
 pub mod generate;
+pub mod inspect;
+pub mod interop;
 pub mod kv_cache;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod sampling;
 pub mod stop;
 pub mod tokenizer;

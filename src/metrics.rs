@@ -5,7 +5,7 @@
 use crate::{Error, Result, Step};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,13 +31,18 @@ pub struct MetricsWriter {
 }
 
 impl MetricsWriter {
-    /// Opens `path` for appending, creating it if needed.
+    /// Opens `path` for appending, creating it if needed. A line torn by a crash is
+    /// ended first (never removed), so the next record starts on a line of its own.
     pub fn append(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
+        if ends_mid_line(&mut file).map_err(|e| Error::io(path, e))? {
+            file.write_all(b"\n").map_err(|e| Error::io(path, e))?;
+        }
         Ok(MetricsWriter {
             path: path.to_path_buf(),
             file,
@@ -51,6 +56,18 @@ impl MetricsWriter {
             .write_all(line.as_bytes())
             .map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// Whether the file is non-empty and its last byte is not a newline.
+fn ends_mid_line(file: &mut File) -> std::io::Result<bool> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// Reads every record of a metrics file, skipping a torn last line. When a run was
@@ -67,4 +84,49 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(step: Step) -> Record {
+        Record {
+            step,
+            loss: Some(1.0),
+            val_loss: None,
+            lr: 1e-3,
+            tokens_per_s: 1.0,
+            mfu: None,
+            elapsed_s: 0.0,
+            tokens_seen: 0,
+            grad_norm: Some(1.0),
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ended_not_removed_and_later_lines_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let mut w = MetricsWriter::append(&path).unwrap();
+        w.write(&record(1)).unwrap();
+        w.write(&record(2)).unwrap();
+        drop(w);
+        // A crash in the middle of writing step 3.
+        let torn = "{\"step\":3,\"lo";
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(torn.as_bytes())
+            .unwrap();
+        let mut w = MetricsWriter::append(&path).unwrap();
+        w.write(&record(2)).unwrap(); // redone after resuming from step 1's checkpoint
+        w.write(&record(3)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().nth(2), Some(torn), "nothing is rewritten");
+        assert_eq!(text.lines().count(), 5);
+        let steps: Vec<Step> = read(&path).unwrap().iter().map(|r| r.step).collect();
+        assert_eq!(steps, vec![1, 2, 3]);
+    }
 }

@@ -9,13 +9,19 @@
 //! Weight decay groups (as nanoGPT): every tensor with 2 or more dimensions (the Linear
 //! weights and the embeddings, tied head included) decays; biases and LayerNorm gains
 //! do not, since pulling a gain towards 0 or a bias towards 0 is not regularisation.
+//!
+//! [`AdamW::step_reference`] is that update, one parameter at a time, for reading.
+//! [`AdamW::step`] computes the same thing through [`crate::fused_adamw`]: the
+//! optimizer keeps all parameters, gradients and moments in flat buffers and updates
+//! them in one pass (a test holds the two to each other).
 
 use crate::config::TrainConfig;
+use crate::fused_adamw::{self, Flat, Hyper};
 use crate::{Error, Result, Step};
 use std::f64::consts::PI;
 use tch::{nn, Kind, Tensor};
 
-/// One parameter and its two moment estimates.
+/// One parameter and its two moment estimates (views into the flat buffers).
 struct ParamState {
     name: String,
     param: Tensor,
@@ -24,10 +30,14 @@ struct ParamState {
     /// Second moment, the running mean of squared gradients.
     v: Tensor,
     decay: bool,
+    /// Where it starts in the flat buffers.
+    offset: i64,
 }
 
 pub struct AdamW {
     params: Vec<ParamState>,
+    /// The same parameters, gradients and moments as one buffer each.
+    flat: Flat,
     /// Updates done so far; the bias corrections depend on it.
     step: i64,
     beta1: f64,
@@ -37,22 +47,38 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Takes every trainable variable of `vs`, in name order so the state file is stable.
+    /// Takes every trainable variable of `vs`, in name order so the state file is stable,
+    /// and moves them into the optimizer's flat buffers (see [`crate::fused_adamw`]):
+    /// the model's tensors keep their values but share one allocation from here on,
+    /// and each gets a zero `.grad`.
     pub fn new(vs: &nn::VarStore, cfg: &TrainConfig) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tensors: Vec<(Tensor, bool)> = vars
+            .iter()
+            .map(|(_, t)| (t.shallow_clone(), t.dim() >= 2))
+            .collect();
+        let (flat, slots) = fused_adamw::flatten(&mut tensors);
         let params = vars
             .into_iter()
-            .map(|(name, param)| ParamState {
-                m: param.zeros_like(),
-                v: param.zeros_like(),
-                decay: param.dim() >= 2,
+            .zip(tensors)
+            .zip(slots)
+            .map(|(((name, _), (param, decay)), slot)| ParamState {
+                m: slot.m,
+                v: slot.v,
+                offset: slot.offset,
+                decay,
                 name,
                 param,
             })
             .collect();
         AdamW {
             params,
+            flat,
             step: 0,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
@@ -61,24 +87,47 @@ impl AdamW {
         }
     }
 
+    /// Makes `replica`, a VarStore holding a second copy of the same model, share this
+    /// optimizer's weights (its variables become views of the same buffer, so every
+    /// update reaches it), and gives its gradients a flat buffer of their own, laid out
+    /// like ours; returns that buffer. See [`crate::data_parallel`].
+    pub fn share_weights(&self, replica: &nn::VarStore) -> Tensor {
+        let mut vars = replica.variables();
+        let grad = self.flat.grad.zeros_like();
+        let replica_vars: Vec<&Tensor> = self.params.iter().map(|p| &vars[&p.name]).collect();
+        fused_adamw::define_grads(&replica_vars);
+        tch::no_grad(|| {
+            for p in &self.params {
+                let var = vars
+                    .get_mut(&p.name)
+                    .expect("the replica has the same variables");
+                let _ = var.set_source_tensor_(&p.param);
+                let _ = var
+                    .grad()
+                    .set_source_tensor_(&fused_adamw::view_at(&grad, p.offset, &p.param));
+            }
+        });
+        grad
+    }
+
+    /// Adds a replica's gradients (the buffer [`Self::share_weights`] returned) into
+    /// ours, and zeroes them for its next backward pass.
+    pub fn absorb_grads(&mut self, replica_grad: &mut Tensor) {
+        tch::no_grad(|| {
+            let _ = self.flat.grad.g_add_(replica_grad);
+            let _ = replica_grad.zero_();
+        });
+    }
+
     /// Updates done so far.
     pub fn steps_done(&self) -> i64 {
         self.step
     }
 
-    /// The global L2 norm of all gradients, as one scalar tensor (no host sync).
+    /// The global L2 norm of all gradients, as one scalar tensor (no host sync): the
+    /// norm of the flat gradient buffer, which is the norm of the per-tensor norms.
     pub fn grad_norm(&self) -> Tensor {
-        let norms: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| p.param.grad())
-            .filter(|g| g.defined())
-            .map(|g| g.norm())
-            .collect();
-        if norms.is_empty() {
-            return Tensor::from(0f32);
-        }
-        Tensor::stack(&norms, 0).norm()
+        self.flat.grad.norm()
     }
 
     /// Scales every gradient by `max_norm / norm` when the global norm exceeds `max_norm`
@@ -87,15 +136,43 @@ impl AdamW {
         let coef = max_norm / (norm + 1e-6);
         if max_norm > 0.0 && coef < 1.0 {
             tch::no_grad(|| {
-                for p in self.params.iter().filter(|p| p.param.grad().defined()) {
-                    let _ = p.param.grad().g_mul_scalar_(coef);
-                }
+                let _ = self.flat.grad.g_mul_scalar_(coef);
             });
         }
     }
 
-    /// One AdamW update at learning rate `lr`.
+    /// The scalars of update number `self.step` at learning rate `lr`.
+    fn hyper(&self, lr: f64) -> Hyper {
+        let t = self.step as i32;
+        Hyper {
+            decay: 1.0 - lr * self.weight_decay,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            bias_correction2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
+            step_size: lr / (1.0 - self.beta1.powi(t)),
+            eps: self.eps,
+        }
+    }
+
+    /// One AdamW update at learning rate `lr`: [`Self::step_reference`]'s arithmetic in
+    /// one pass over the flat buffers.
     pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let hyper = self.hyper(lr);
+        fused_adamw::step(&mut self.flat, &hyper);
+    }
+
+    /// [`Self::step`] through the flat buffers with tensor ops, the path CUDA and bf16
+    /// take; public so tests can compare it with the CPU loop.
+    pub fn step_flat_ops(&mut self, lr: f64) {
+        self.step += 1;
+        let hyper = self.hyper(lr);
+        fused_adamw::step_tensor_ops(&mut self.flat, &hyper);
+    }
+
+    /// One AdamW update at learning rate `lr`, written out one parameter at a time as
+    /// PyTorch's single-tensor `AdamW` does. The reference for [`Self::step`].
+    pub fn step_reference(&mut self, lr: f64) {
         self.step += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let bias_correction1 = 1.0 - b1.powi(self.step as i32);
@@ -119,14 +196,10 @@ impl AdamW {
         });
     }
 
-    /// Sets every gradient to zero (keeping the buffers, so no reallocation per step).
+    /// Sets every gradient to zero: one fill of the flat gradient buffer, which every
+    /// `.grad` is a view of (no reallocation per step).
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.param.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
+        let _ = self.flat.grad.zero_();
     }
 
     /// The state to save: `m.{name}`, `v.{name}` for every parameter, and `step`.
@@ -172,7 +245,9 @@ impl AdamW {
             Ok(())
         })?;
         let step = find("step").ok_or_else(|| missing("step"))?;
-        self.step = step.int64_value(&[0]);
+        self.step = step
+            .f_int64_value(&[0])
+            .map_err(|e| Error::checkpoint(source, format!("optimizer step is unreadable: {e}")))?;
         Ok(())
     }
 }

@@ -6,9 +6,12 @@
 //! (seed, step) before every step, and AdamW's state is saved, so a run resumed from a
 //! checkpoint repeats, bit for bit on the CPU, what the uninterrupted run would do.
 
+use crate::bench::{self, Dtype};
 use crate::checkpoint::{self, DataSpec, State, BEST, LATEST};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{Batches, TokenStreams};
+use crate::data_parallel::{default_workers, DataParallel};
+use crate::flops;
 use crate::metrics::{MetricsWriter, Record};
 use crate::model::Gpt;
 use crate::optim::{AdamW, LrSchedule};
@@ -48,6 +51,8 @@ pub struct StopFlags {
 pub enum StopCause {
     MaxSteps,
     MaxMinutes,
+    /// `--stop-at-step`: a planned pause; `--resume` continues on the same schedule.
+    StopAtStep,
     /// SIGINT (Ctrl-C); the CLI exits with 130.
     Interrupted,
     /// SIGTERM; the CLI exits with 143.
@@ -124,6 +129,7 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
 
     let streams =
         TokenStreams::load_or_build(&opts.data, &opts.ext, &tokenizer, &opts.out.join("tokens"))?;
+    streams.check_fits(cfg.block_size)?;
     let train_batches = Batches::new(
         &streams.train,
         cfg.block_size,
@@ -140,11 +146,16 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
     )?;
     let eval_starts = val_batches.eval_starts(tcfg.eval_windows);
 
+    if opts.resume {
+        checkpoint::check_model_file(&checkpoint::resolve(&opts.out)?, cfg)?;
+    }
     // Initialisation is seeded too, so two runs with one seed start from the same weights.
     tch::manual_seed(tcfg.seed as i64);
     let vs = nn::VarStore::new(opts.device);
-    let model = Gpt::new(&vs.root(), cfg);
+    let mut model = Gpt::new(&vs.root(), cfg);
     let mut opt = AdamW::new(&vs, tcfg);
+    // On the CPU, forward and backward run as one worker per core (`data_parallel`).
+    let mut workers = DataParallel::new(cfg, opts.device, &opt, default_workers(cfg, opts.device));
     let schedule = LrSchedule::new(tcfg);
     let mut state = State {
         format_version: checkpoint::FORMAT_VERSION,
@@ -227,10 +238,22 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         });
     }
 
+    // MFU needs this machine's peak: a ~0.2 s matmul probe (see `bench`).
+    let flops_per_token = flops::flops_per_token(cfg);
+    let peak_gflops = bench::quick_peak(opts.device, Dtype::Fp32);
+    log_line(
+        &bar,
+        format!(
+            "{:.1} MFLOP/token; matmul peak {peak_gflops:.0} GFLOP/s with {} threads (MFU is against it)",
+            flops_per_token / 1e6,
+            tch::get_num_threads()
+        ),
+    );
+
     let mut metrics = MetricsWriter::append(&opts.out.join("metrics.jsonl"))?;
     let session_start = Instant::now();
     let elapsed_before = state.elapsed_s;
-    let mut nonfinite_in_a_row = 0;
+    let mut nonfinite_in_a_row: u64 = 0;
     let mut last_loss = None;
     let mut tokens_per_s = 0.0;
     let mut cause = StopCause::MaxSteps;
@@ -242,6 +265,10 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         }
         if stop.terminate.load(Ordering::SeqCst) {
             cause = StopCause::Terminated;
+            break;
+        }
+        if tcfg.stop_at_step.is_some_and(|s| state.step >= s) {
+            cause = StopCause::StopAtStep;
             break;
         }
         if let Some(minutes) = tcfg.max_minutes {
@@ -259,9 +286,16 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         let mut loss_sum = Tensor::zeros([], (Kind::Float, opts.device));
         for micro in 0..tcfg.grad_accum as u64 {
             let (x, y) = train_batches.get(step, micro); // (B, T), (B, T)
-            let loss = Gpt::loss(&model.forward(&x, true), &y) / tcfg.grad_accum as f64;
-            loss.backward();
-            loss_sum += loss.detach();
+            let ga = tcfg.grad_accum as f64;
+            loss_sum += if workers.workers() > 1 {
+                workers
+                    .forward_backward(&mut model, &mut opt, &x, &y, 1.0 / ga)
+                    .loss
+            } else {
+                let loss = Gpt::loss(&model.forward(&x, true), &y) / ga;
+                loss.backward();
+                loss.detach()
+            };
         }
         let loss = loss_sum.double_value(&[]);
         let grad_norm = opt.grad_norm().double_value(&[]);
@@ -273,6 +307,17 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
             opt.step(lr);
             nonfinite_in_a_row = 0;
             last_loss = Some(loss);
+            // A finite, clipped gradient can still overflow the weights when the LR is
+            // absurd. The update is in place, so there is no last good state left in
+            // memory: stop, and point at the last checkpoint on disk (never overwrite it).
+            let params = vs.trainable_variables();
+            if !checkpoint::all_finite(params.iter()) {
+                return Err(Error::Diverged(format!(
+                    "the update of step {} (lr {lr:.3e}) made the weights non-finite; nothing was saved, {}; lower --lr",
+                    state.step,
+                    last_good_checkpoint(&opts.out)
+                )));
+            }
         } else {
             // Skip the update: the weights stay those of the last good step.
             state.nonfinite_skipped += 1;
@@ -286,25 +331,17 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
             );
         }
         opt.zero_grad();
-        if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW {
-            state.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
-            let saved = checkpoint::save_atomically(&opts.out, LATEST, &vs, &opt, &state)?;
-            return Err(Error::Diverged(format!(
-                "{MAX_NONFINITE_IN_A_ROW} steps in a row had a non-finite loss or gradient (at step {}); the last good weights are in {}; lower --lr",
-                state.step,
-                saved.display()
-            )));
-        }
         let step_s = step_start.elapsed().as_secs_f64();
         tokens_per_s = tokens_per_step as f64 / step_s;
+        let mfu = tokens_per_s * flops_per_token / (peak_gflops * 1e9);
 
         let is_last = state.step == tcfg.max_steps;
         let mut val_loss = None;
-        if state.step % tcfg.eval_every == 0 || is_last {
+        if state.step.is_multiple_of(tcfg.eval_every) || is_last {
             let v = evaluate(&model, &val_batches, &eval_starts);
             val_loss = Some(v);
             state.last_val_loss = Some(v);
-            if state.best_val_loss.is_none_or(|b| v < b) {
+            if v.is_finite() && state.best_val_loss.is_none_or(|b| v < b) {
                 state.best_val_loss = Some(v);
                 state.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
                 checkpoint::save_atomically(&opts.out, BEST, &vs, &opt, &state)?;
@@ -324,18 +361,33 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
             val_loss,
             lr,
             tokens_per_s,
-            mfu: None,
+            mfu: Some(mfu),
             elapsed_s: state.elapsed_s,
             tokens_seen: state.tokens_seen,
             grad_norm: grad_norm.is_finite().then_some(grad_norm),
         })?;
-        if state.step % tcfg.checkpoint_every == 0 && !is_last {
+        if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW {
+            // The weights are those of the last finite update (the save refuses anything
+            // else), so resuming with a lower --lr continues from good weights.
+            let saved = checkpoint::save_atomically(&opts.out, LATEST, &vs, &opt, &state)?;
+            return Err(Error::Diverged(format!(
+                "steps {}..={} had a non-finite loss or gradient and were skipped ({} skipped so far); the last good weights are saved in {}; resume with a lower --lr: sympathy train --resume --out {} --lr {:.1e}",
+                state.step + 1 - nonfinite_in_a_row,
+                state.step,
+                state.nonfinite_skipped,
+                saved.display(),
+                opts.out.display(),
+                tcfg.lr / 10.0
+            )));
+        }
+        if state.step.is_multiple_of(tcfg.checkpoint_every) && !is_last {
             checkpoint::save_atomically(&opts.out, LATEST, &vs, &opt, &state)?;
         }
         bar.set_position(state.step);
         bar.set_message(format!(
-            "loss {loss:.4} lr {lr:.2e} {:.1}k tok/s",
-            tokens_per_s / 1e3
+            "loss {loss:.4} lr {lr:.2e} {:.1}k tok/s MFU {:.0}%",
+            tokens_per_s / 1e3,
+            100.0 * mfu
         ));
     }
 
@@ -352,6 +404,18 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         checkpoint: dir,
         cause,
     })
+}
+
+/// Where the last checkpoint of `run_dir` is and at which step, for messages.
+fn last_good_checkpoint(run_dir: &Path) -> String {
+    match checkpoint::resolve(run_dir).and_then(|d| Ok((checkpoint::read_state(&d)?, d))) {
+        Ok((state, dir)) => format!(
+            "the last good checkpoint is {} (step {})",
+            dir.display(),
+            state.step
+        ),
+        Err(_) => "and there is no earlier checkpoint".to_string(),
+    }
 }
 
 /// The run folder's latest checkpoint, for messages.

@@ -12,7 +12,10 @@ pub fn sympathy() -> Command {
 
 /// Runs `sympathy ARGS` and returns its output (never panics on a non-zero exit).
 pub fn run(args: &[&str]) -> Output {
-    sympathy().args(args).output().expect("the sympathy binary runs")
+    sympathy()
+        .args(args)
+        .output()
+        .expect("the sympathy binary runs")
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -47,7 +50,15 @@ pub const TINY: &[&str] = &["--preset", "tiny", "--device", "cpu"];
 /// command's stderr if it fails.
 pub fn train_tiny(corpus: &Path, out: &Path, steps: u64, extra: &[&str]) -> Output {
     let steps = steps.to_string();
-    let mut args = vec!["train", "--data", corpus.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-steps", &steps];
+    let mut args = vec![
+        "train",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        &steps,
+    ];
     args.extend_from_slice(TINY);
     args.extend_from_slice(extra);
     let o = run(&args);

@@ -1,0 +1,143 @@
+//! Data parallelism across the CPU's cores, inside one process.
+//!
+//! libtorch parallelises each op across cores (intra-op threads): every matmul, every
+//! add, every LayerNorm splits its work and the threads meet at a barrier when it ends.
+//! A small model's step is hundreds of small ops, so the meetings add up, and on a
+//! machine shared with other work they dominate: one thread preempted for a time slice
+//! stalls the op for all. Measured here, on 2 busy cores, a 4-layer, C=128 step ran
+//! 5–10× slower with 2 intra-op threads than with 1.
+//!
+//! So on the CPU each core gets its own slice of the batch instead: `n` workers, each a
+//! thread running forward and backward with one intra-op thread, no barriers between
+//! them until the step ends. Worker 0 is the caller's model; the others are replicas
+//! whose weights are views of the same buffer (see [`AdamW::share_weights`]), so one
+//! optimizer update reaches all of them, while each replica's gradients go to a buffer
+//! of its own and are added into the optimizer's at the end. Each worker's loss is
+//! weighted by its share of the batch, so the summed gradient is the gradient of the
+//! whole batch's mean loss, up to float rounding.
+//!
+//! Every worker's ops run on one thread and the gradient sum has a fixed order, so a
+//! step is as reproducible as with one worker (for a fixed number of workers). Dropout
+//! draws from libtorch's one global generator, in whatever order the workers reach it,
+//! so with dropout the caller should use one worker.
+
+use crate::config::ModelConfig;
+use crate::model::Gpt;
+use crate::optim::AdamW;
+use std::time::Instant;
+use tch::{nn, Device, Tensor};
+
+/// A second copy of the model that shares the weights and keeps its own gradients.
+struct Replica {
+    /// Owns the replica's variables (views of the optimizer's weight buffer).
+    _vs: nn::VarStore,
+    model: Gpt,
+    grad: Tensor,
+}
+
+pub struct DataParallel {
+    replicas: Vec<Replica>,
+}
+
+/// What one step of the workers did.
+pub struct Outcome {
+    /// The weighted sum of the workers' losses (the batch's mean loss times `scale`),
+    /// detached.
+    pub loss: Tensor,
+    /// The mean over workers of the time their forward pass took, in ms.
+    pub ms_forward: f64,
+}
+
+/// How many workers training uses by default: on the CPU one per intra-op thread
+/// (libtorch's default is one per physical core), elsewhere, or with dropout, one.
+pub fn default_workers(cfg: &ModelConfig, device: Device) -> usize {
+    if device == Device::Cpu && cfg.dropout == 0.0 {
+        tch::get_num_threads().max(1) as usize
+    } else {
+        1
+    }
+}
+
+impl DataParallel {
+    /// `workers` in all, the caller's model being the first: builds `workers - 1`
+    /// replicas of a `cfg` model on `device` that share `opt`'s weights.
+    pub fn new(cfg: &ModelConfig, device: Device, opt: &AdamW, workers: usize) -> Self {
+        let replicas = (1..workers.max(1))
+            .map(|_| {
+                let vs = nn::VarStore::new(device);
+                let model = Gpt::new(&vs.root(), cfg);
+                let grad = opt.share_weights(&vs);
+                Replica {
+                    _vs: vs,
+                    model,
+                    grad,
+                }
+            })
+            .collect();
+        DataParallel { replicas }
+    }
+
+    /// The number of workers, the caller's model included.
+    pub fn workers(&self) -> usize {
+        self.replicas.len() + 1
+    }
+
+    /// Forward and backward of `model` and the replicas, each on its slice of the
+    /// batch `x`, `y` (B, T), in parallel; the gradients end up in `opt`, as if
+    /// `(mean loss × scale).backward()` had run on the whole batch.
+    pub fn forward_backward(
+        &mut self,
+        model: &mut Gpt,
+        opt: &mut AdamW,
+        x: &Tensor,
+        y: &Tensor,
+        scale: f64,
+    ) -> Outcome {
+        let b = x.size()[0];
+        let n = (self.workers() as i64).min(b);
+        // Rows per worker: as even as can be, the first ones taking the remainder.
+        let rows = |i: i64| b / n + i64::from(i < b % n);
+        let threads_before = tch::get_num_threads();
+        let mut models: Vec<&mut Gpt> = std::iter::once(model)
+            .chain(self.replicas.iter_mut().map(|r| &mut r.model))
+            .take(n as usize)
+            .collect();
+        let results: Vec<(Tensor, f64)> = std::thread::scope(|s| {
+            let mut start = 0;
+            let handles: Vec<_> = models
+                .iter_mut()
+                .enumerate()
+                .map(|(i, m)| {
+                    let len = rows(i as i64);
+                    let (xs, ys) = (x.narrow(0, start, len), y.narrow(0, start, len));
+                    start += len;
+                    let weight = scale * len as f64 / b as f64;
+                    s.spawn(move || {
+                        // One intra-op thread (this thread's OpenMP and MKL setting).
+                        tch::set_num_threads(1);
+                        let t0 = Instant::now();
+                        let loss = Gpt::loss(&m.forward(&xs, true), &ys) * weight;
+                        let ms = t0.elapsed().as_secs_f64() * 1e3;
+                        loss.backward();
+                        (loss.detach(), ms)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a worker panicked"))
+                .collect()
+        });
+        // The workers lowered the default that new threads start from; restore it.
+        tch::set_num_threads(threads_before);
+        for r in self.replicas.iter_mut().take(n as usize - 1) {
+            opt.absorb_grads(&mut r.grad);
+        }
+        let ms_forward = results.iter().map(|r| r.1).sum::<f64>() / n as f64;
+        let losses: Vec<Tensor> = results.into_iter().map(|r| r.0).collect();
+        Outcome {
+            loss: Tensor::stack(&losses, 0).sum(tch::Kind::Float),
+            ms_forward,
+        }
+    }
+}
