@@ -295,7 +295,8 @@ struct GenerateArgs {
     /// Do not stop at the end-of-file token; generate until --max-tokens or --stop.
     #[arg(long)]
     ignore_eos: bool,
-    /// libtorch CPU threads [default: libtorch's choice, one per physical core].
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores]; small
+    /// models often decode faster with 1.
     #[arg(long)]
     threads: Option<i32>,
     #[arg(long, value_enum, default_value = "auto")]
