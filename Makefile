@@ -1,7 +1,10 @@
 # sympathy: the two commands are `make demo` and `make test` (see README.md).
 VENV      := $(CURDIR)/.venv
 BIN       := target/release/sympathy
-PROMPT    := def squares(n): return [x**2 for x in 
+PROMPT    := def squares(n): return [x**2 for x in$(EMPTY) $(EMPTY)
+EMPTY     :=
+# Extra flags for the demo's training run, e.g. `make demo DEMO_FLAGS='--max-steps 50'`.
+DEMO_FLAGS ?=
 RUN       := runs/default
 
 # torch-sys asks the venv's python where libtorch lives; build.rs embeds the rpath.
@@ -11,12 +14,13 @@ export PATH := $(VENV)/bin:$(PATH)
 .PHONY: demo test build libtorch lint fixtures bench clean
 
 demo: build
-	@if [ -f $(RUN)/state.json ]; then \
-	    $(BIN) train --out $(RUN) --resume; \
+	@if [ -f $(RUN)/ckpt-latest/state.json ]; then \
+	    $(BIN) train --out $(RUN) --resume $(DEMO_FLAGS); \
 	else \
-	    $(BIN) train --out $(RUN); \
+	    $(BIN) train --out $(RUN) $(DEMO_FLAGS); \
 	fi
-	$(BIN) generate --checkpoint $(RUN) --temperature 0 --max-tokens 80 --prompt '$(PROMPT)'
+	@printf '%s' '$(PROMPT)'
+	@$(BIN) generate --checkpoint $(RUN) --temperature 0 --max-tokens 60 --prompt '$(PROMPT)'
 
 test: libtorch
 	cargo test --release -- --test-threads=1
