@@ -174,8 +174,11 @@ fn gradients_accumulate_into_the_flat_buffer() {
 
 /// Every parameter's gradient, by name.
 fn grads(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut g: Vec<(String, Tensor)> =
-        vs.variables().into_iter().map(|(n, t)| (n, t.grad().copy())).collect();
+    let mut g: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.grad().copy()))
+        .collect();
     g.sort_by(|a, b| a.0.cmp(&b.0));
     g
 }
@@ -197,8 +200,14 @@ fn data_parallel_workers_sum_to_the_whole_batch_gradient() {
         let out = dp.forward_backward(&mut model, &mut opt, &x, &y, 1.0);
         let two = grads(&vs);
         let d = max_abs_diff(&one, &two);
-        let scale = one.iter().map(|g| g.1.abs().max().double_value(&[])).fold(0.0, f64::max);
-        assert!(d <= 1e-5 * scale, "step {step}: gradients differ by {d} (largest {scale})");
+        let scale = one
+            .iter()
+            .map(|g| g.1.abs().max().double_value(&[]))
+            .fold(0.0, f64::max);
+        assert!(
+            d <= 1e-5 * scale,
+            "step {step}: gradients differ by {d} (largest {scale})"
+        );
         assert!((out.loss.double_value(&[]) - loss_one).abs() <= 1e-5 * loss_one);
         runs.push(two);
         opt.step(1e-2);
@@ -241,9 +250,16 @@ fn bench_matmul_json_has_a_peak() {
         v["peak_gflops_bf16"].is_null(),
         "bf16 is measured on CUDA only"
     );
-    assert!(v["threads"].as_i64().unwrap() >= 1);
+    let threads = v["threads"].as_i64().unwrap();
+    assert!(threads >= 1);
     let runs = v["runs"].as_array().unwrap();
     assert!(!runs.is_empty());
+    // Each size is measured split over the intra-op threads, and with several threads
+    // also as one product per core.
+    let per_core = runs.iter().filter(|r| r["split"] == "per-core").count();
+    let intra_op = runs.iter().filter(|r| r["split"] == "intra-op").count();
+    assert!(intra_op > 0);
+    assert_eq!(per_core, if threads > 1 { intra_op } else { 0 }, "{v}");
     let best = runs
         .iter()
         .map(|r| positive(r, "gflops"))
