@@ -328,6 +328,33 @@ fn bench_train_json_reports_the_stable_fields() {
     assert!(v["loss"].as_f64().unwrap().is_finite());
 }
 
+/// bf16 is the CUDA format; on the CPU it runs too, which exercises the bf16 weights
+/// and the optimizer's tensor-op path that CUDA takes.
+#[test]
+fn bench_train_runs_in_bf16() {
+    let v = json(&[
+        "bench",
+        "train",
+        "--json",
+        "--preset",
+        "tiny",
+        "--n-layer",
+        "1",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--dtype",
+        "bf16",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(v["dtype"], "bf16");
+    positive(&v, "tokens_per_s");
+    positive(&v, "peak_gflops");
+    assert!(v["loss"].as_f64().unwrap().is_finite());
+}
+
 #[test]
 fn bench_train_rejects_bad_flags_in_one_line() {
     for (args, flag) in [
