@@ -1,19 +1,27 @@
 //! Autoregressive generation: feed the prompt, sample a token, append it, repeat.
 //!
-//! Two paths produce the same tokens. [`generate`] with `use_cache: true` runs the
-//! prompt through the model once (prefill), then one token per step against the
-//! [`KvCache`] (decode). With `use_cache: false` every step recomputes the whole window,
-//! as nanoGPT's `generate` does: the simple reference that tests hold the cache to.
+//! Two paths produce the same tokens. With `use_cache: true` the prompt runs through
+//! the model once (prefill), then one token per step against the [`KvCache`] (decode).
+//! With `use_cache: false` every step recomputes the whole window, as nanoGPT's
+//! `generate` does: the simple reference that tests hold the cache to.
+//!
+//! [`generate_batch`] makes N completions of one prompt in one batch: the prompt is
+//! prefilled once and its cache copied into N rows, each row samples with its own seed
+//! (`seed + i`) and stops on its own; a finished row leaves the batch so the others do
+//! not pay for it. [`generate`] is the same loop with N = 1.
 //!
 //! Past the context (`block_size`), learned absolute positions cannot shift inside a
-//! cache, so the cached path keeps the last half of the window, clears the cache and
-//! prefills that half again (a "context shift" as llama.cpp does on overflow): one
-//! prefill of T/2 tokens per T/2 generated tokens instead of a full forward per token.
-//! The uncached path crops to the last `block_size` tokens at every step instead, so
-//! past the context the two paths legitimately see different windows.
+//! cache (every cached key was computed with its old position embedding), so the cached
+//! path keeps the last half of the window, clears the cache and prefills that half again
+//! (a "context shift", as llama.cpp does on overflow): one prefill of T/2 tokens per
+//! T/2 generated tokens instead of a full forward per token. The uncached path crops to
+//! the last `block_size` tokens at every step instead, so past the context the two paths
+//! legitimately see different windows (the tests check each against its own policy).
 
+use crate::kv_cache::KvCache;
 use crate::model::Gpt;
 use crate::sampling::{Sampler, SamplingConfig};
+use crate::stop::StopMatcher;
 use crate::tokenizer::{TokenId, Tokenizer, EOS};
 use crate::{Error, Result};
 use serde::Serialize;
@@ -22,12 +30,34 @@ use tch::{Device, Kind, Tensor};
 
 #[derive(Clone, Debug)]
 pub struct GenerateConfig {
+    /// Tokens to generate at most (per completion).
     pub max_tokens: usize,
     pub sampling: SamplingConfig,
+    /// Completion `i` of a batch samples with seed `seed + i`.
     pub seed: u64,
     /// Generation ends *before* the first occurrence of any of these strings.
     pub stop: Vec<String>,
     pub use_cache: bool,
+    /// Positions of context to use, at most the model's; `None` = the model's.
+    pub block_size: Option<i64>,
+    /// Never end at `<eos>`: its logit is set to -inf before sampling (llama.cpp's
+    /// `--ignore-eos`), so exactly `max_tokens` come out unless a stop string ends it.
+    /// The benchmark needs this to time a known number of tokens.
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            max_tokens: 200,
+            sampling: SamplingConfig::default(),
+            seed: 1337,
+            stop: Vec::new(),
+            use_cache: true,
+            block_size: None,
+            ignore_eos: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -41,10 +71,21 @@ pub enum StopReason {
 /// One finished completion and how fast it was made.
 #[derive(Clone, Debug, Serialize)]
 pub struct Completion {
+    /// Which completion of the batch (0-based).
+    pub sample: usize,
+    /// The seed its sampler used.
+    pub seed: u64,
+    /// The generated text; with a stop string it ends right before it.
     pub text: String,
+    /// The generated tokens, including any that completed a stop string.
     pub tokens: Vec<TokenId>,
     pub tokens_generated: usize,
+    pub prompt_tokens: usize,
+    /// Prompt tokens over the time of the prefill (shared by the whole batch, which
+    /// runs it once).
     pub prefill_tokens_per_s: f64,
+    /// Tokens generated over the time from the end of the prefill until this completion
+    /// finished.
     pub decode_tokens_per_s: f64,
     pub stop_reason: StopReason,
 }
@@ -84,60 +125,107 @@ pub fn prepare_prompt(tokenizer: &Tokenizer, prompt: &str, block_size: i64) -> P
     PreparedPrompt { ids, notes }
 }
 
-/// Releases text as it is generated, holding back only what might still turn out to be
-/// the beginning of a stop string.
-struct StopMatcher<'a> {
-    stops: &'a [String],
-    pending: String,
+/// One completion in the making.
+struct Row<'a> {
+    sampler: Sampler,
+    stops: StopMatcher<'a>,
+    /// Prompt and generated tokens: the repetition penalty's history and the source of
+    /// the next window.
+    context: Vec<TokenId>,
+    generated: Vec<TokenId>,
+    text: String,
+    /// Why and when (seconds into the decode) it finished.
+    done: Option<(StopReason, f64)>,
 }
 
-impl<'a> StopMatcher<'a> {
-    /// Adds `piece`; returns the text that is now safe to show and whether a stop
-    /// string was completed (the text then ends right before it).
-    fn push(&mut self, piece: &str) -> (String, bool) {
-        self.pending.push_str(piece);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            let out = self.pending[..at].to_string();
-            self.pending.clear();
-            return (out, true);
+impl Row<'_> {
+    /// Samples the next token from `logits` (V,) and emits its text; returns why the
+    /// row is finished, if it is.
+    fn step(
+        &mut self,
+        logits: &[f32],
+        cfg: &GenerateConfig,
+        tokenizer: &Tokenizer,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Option<StopReason> {
+        if self.generated.len() >= cfg.max_tokens {
+            return Some(StopReason::MaxTokens); // only reached with --max-tokens 0
         }
-        // The earliest suffix of `pending` that a stop string starts with must wait.
-        let hold = self
-            .pending
-            .char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.pending[i..])))
-            .unwrap_or(self.pending.len());
-        let out = self.pending[..hold].to_string();
-        self.pending.drain(..hold);
-        (out, false)
+        let next = if cfg.ignore_eos {
+            let mut banned = logits.to_vec();
+            if let Some(l) = banned.get_mut(EOS as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+            self.sampler.sample(&banned, &self.context)
+        } else {
+            self.sampler.sample(logits, &self.context)
+        };
+        if next == EOS {
+            return Some(StopReason::Eos);
+        }
+        self.generated.push(next);
+        self.context.push(next);
+        let (out, stopped) = self.stops.push(&tokenizer.decode(&[next]));
+        self.emit(&out, on_text);
+        if stopped {
+            Some(StopReason::StopString)
+        } else if self.generated.len() == cfg.max_tokens {
+            Some(StopReason::MaxTokens) // no forward pass for a token nobody samples
+        } else {
+            None
+        }
     }
 
-    fn flush(&mut self) -> String {
-        std::mem::take(&mut self.pending)
+    fn emit(&mut self, out: &str, on_text: &mut dyn FnMut(&str)) {
+        if !out.is_empty() {
+            self.text.push_str(out);
+            on_text(out);
+        }
     }
 }
 
-/// The logits (V,) of the last position of `logits` (B=1, T, V), on the CPU.
-fn last_logits(logits: &Tensor) -> Vec<f32> {
-    let t = logits.size()[1];
+/// The last position's logits of `logits` (B, T, V), one `Vec` of V per row, on the CPU.
+fn last_logits(logits: &Tensor) -> Vec<Vec<f32>> {
+    let (_, t, v) = logits.size3().expect("logits are (B, T, V)");
     let last = logits
-        .get(0)
-        .get(t - 1)
+        .select(1, t - 1) // (B, T, V) -> (B, V)
         .to_kind(Kind::Float)
-        .to_device(Device::Cpu);
-    Vec::<f32>::try_from(last).expect("logits are a float vector")
+        .to_device(Device::Cpu)
+        .contiguous()
+        .view([-1]);
+    let flat = Vec::<f32>::try_from(last).expect("logits are a float tensor");
+    flat.chunks(v as usize).map(<[f32]>::to_vec).collect()
 }
 
-fn ids_tensor(ids: &[TokenId], device: Device) -> Tensor {
-    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    Tensor::from_slice(&ids).to(device).unsqueeze(0) // (1, T)
+/// Equal-length token rows -> ids (B, T) on `device`.
+fn ids_tensor(rows: &[&[TokenId]], device: Device) -> Tensor {
+    let t = rows.first().map_or(0, |r| r.len()) as i64;
+    let ids: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&i| i as i64))
+        .collect();
+    Tensor::from_slice(&ids)
+        .view([rows.len() as i64, t])
+        .to(device) // (B, T)
+}
+
+/// The context window generation uses: `cfg.block_size` checked against the model's.
+pub fn context_window(model: &Gpt, cfg: &GenerateConfig) -> Result<i64> {
+    let model_block = model.config().block_size;
+    match cfg.block_size {
+        Some(b) if b < 1 || b > model_block => Err(Error::config(
+            "--block-size",
+            format!("{b} must be between 1 and the model's context {model_block}"),
+        )),
+        Some(b) => Ok(b),
+        None => Ok(model_block),
+    }
+}
+
+/// How many of the newest tokens the cached path keeps when its window is full: half
+/// the window, and at least one (the token whose successor we need).
+pub fn context_shift_keep(block: i64) -> usize {
+    (block as usize / 2).max(1)
 }
 
 /// Generates up to `cfg.max_tokens` tokens after `prompt` (already prepared), calling
@@ -149,9 +237,27 @@ pub fn generate(
     cfg: &GenerateConfig,
     mut on_text: impl FnMut(&str),
 ) -> Result<Completion> {
+    let mut all = generate_batch(model, tokenizer, prompt, cfg, 1, |_, s| on_text(s))?;
+    Ok(all.remove(0))
+}
+
+/// Generates `num_samples` completions of `prompt` in one batch; completion `i` samples
+/// with seed `cfg.seed + i`. `on_text(i, piece)` receives each piece of completion `i`
+/// as soon as it is final.
+pub fn generate_batch(
+    model: &Gpt,
+    tokenizer: &Tokenizer,
+    prompt: &[TokenId],
+    cfg: &GenerateConfig,
+    num_samples: usize,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Completion>> {
     cfg.sampling.validate()?;
-    let block = model.config().block_size as usize;
-    if prompt.is_empty() || prompt.len() > block {
+    if num_samples == 0 {
+        return Err(Error::config("--num-samples", "must be at least 1"));
+    }
+    let block = context_window(model, cfg)?;
+    if prompt.is_empty() || prompt.len() > block as usize {
         return Err(Error::config(
             "--prompt",
             format!(
@@ -161,99 +267,122 @@ pub fn generate(
         ));
     }
     let device = model.device();
-    let mut sampler = Sampler::new(cfg.sampling.clone(), cfg.seed);
-    let mut stops = StopMatcher {
-        stops: &cfg.stop,
-        pending: String::new(),
-    };
-    let mut context: Vec<TokenId> = prompt.to_vec();
-    let mut text = String::new();
-    let mut cache = model.new_cache();
+    let n = num_samples;
+    let mut rows: Vec<Row> = (0..n)
+        .map(|i| Row {
+            sampler: Sampler::new(cfg.sampling.clone(), cfg.seed.wrapping_add(i as u64)),
+            stops: StopMatcher::new(&cfg.stop),
+            context: prompt.to_vec(),
+            generated: Vec::new(),
+            text: String::new(),
+            done: None,
+        })
+        .collect();
+    // Batch row j of the cache and of `logits` holds completion `active[j]`.
+    let mut active: Vec<usize> = (0..n).collect();
+    let mut cache = KvCache::new(model.config().n_layer as usize, block);
 
+    // Prefill. Every completion starts from the same prompt, so it runs once (B = 1)
+    // and the cache is copied into N rows.
     let started = Instant::now();
-    let mut logits = tch::no_grad(|| {
+    let first = tch::no_grad(|| {
+        let ids = ids_tensor(&[prompt], device); // (1, T)
         if cfg.use_cache {
-            last_logits(&model.forward_cached(&ids_tensor(&context, device), &mut cache))
+            let logits = model.forward_cached(&ids, &mut cache);
+            cache.select_rows(&Tensor::zeros([n as i64], (Kind::Int64, device))); // B: 1 -> N
+            last_logits(&logits)
         } else {
-            last_logits(&model.forward(&ids_tensor(&context, device), false))
+            last_logits(&model.forward(&ids, false))
         }
     });
+    let mut logits = vec![first[0].clone(); n];
     let prefill_s = started.elapsed().as_secs_f64();
     let decode_started = Instant::now();
 
-    let mut generated = Vec::new();
-    let mut reason = StopReason::MaxTokens;
-    while generated.len() < cfg.max_tokens {
-        let next = sampler.sample(&logits, &context);
-        if next == EOS {
-            reason = StopReason::Eos;
-            break;
-        }
-        generated.push(next);
-        context.push(next);
-        let piece = tokenizer.decode(&[next]);
-        let (out, stopped) = stops.push(&piece);
-        text.push_str(&out);
-        on_text(&out);
-        if stopped {
-            reason = StopReason::StopString;
-            break;
-        }
-        if generated.len() == cfg.max_tokens {
-            break;
-        }
-        logits = tch::no_grad(|| {
-            if !cfg.use_cache {
-                let window = &context[context.len().saturating_sub(block)..];
-                last_logits(&model.forward(&ids_tensor(window, device), false))
-            } else if cache.room() == 0 {
-                // Context shift: keep the newest half of the window and prefill it again.
-                let keep = &context[context.len() - block / 2..];
-                cache.clear();
-                last_logits(&model.forward_cached(&ids_tensor(keep, device), &mut cache))
-            } else {
-                last_logits(&model.forward_cached(&ids_tensor(&[next], device), &mut cache))
+    loop {
+        // Sample: one token for every row still running.
+        for (j, &i) in active.iter().enumerate() {
+            let row = &mut rows[i];
+            let mut emit = |s: &str| on_text(i, s);
+            if let Some(reason) = row.step(&logits[j], cfg, tokenizer, &mut emit) {
+                if reason != StopReason::StopString {
+                    let rest = row.stops.flush();
+                    row.emit(&rest, &mut emit);
+                }
+                row.done = Some((reason, decode_started.elapsed().as_secs_f64()));
             }
-        });
+        }
+        // Finished rows leave the batch.
+        let keep: Vec<usize> = (0..active.len())
+            .filter(|&j| rows[active[j]].done.is_none())
+            .collect();
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < active.len() {
+            if cfg.use_cache {
+                let idx: Vec<i64> = keep.iter().map(|&j| j as i64).collect();
+                cache.select_rows(&Tensor::from_slice(&idx).to(device));
+            }
+            active = keep.iter().map(|&j| active[j]).collect();
+        }
+        // Forward: the logits of the next position of every running row.
+        let contexts: Vec<&[TokenId]> = active.iter().map(|&i| &rows[i].context[..]).collect();
+        logits = tch::no_grad(|| next_logits(model, &mut cache, &contexts, cfg.use_cache, block));
     }
-    if reason != StopReason::StopString {
-        let rest = stops.flush();
-        text.push_str(&rest);
-        on_text(&rest);
+
+    let prefill_tokens_per_s = prompt.len() as f64 / prefill_s.max(1e-9);
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let (stop_reason, decode_s) = row.done.expect("the loop ends when all rows are done");
+            let n_gen = row.generated.len();
+            Completion {
+                sample: i,
+                seed: cfg.seed.wrapping_add(i as u64),
+                text: row.text,
+                tokens_generated: n_gen,
+                tokens: row.generated,
+                prompt_tokens: prompt.len(),
+                prefill_tokens_per_s,
+                decode_tokens_per_s: n_gen as f64 / decode_s.max(1e-9),
+                stop_reason,
+            }
+        })
+        .collect())
+}
+
+/// One decode step for rows whose token histories (all the same length) are
+/// `contexts`: logits (V,) per row for the position after their last token.
+fn next_logits(
+    model: &Gpt,
+    cache: &mut KvCache,
+    contexts: &[&[TokenId]],
+    use_cache: bool,
+    block: i64,
+) -> Vec<Vec<f32>> {
+    let device = model.device();
+    let len = contexts[0].len();
+    let tail = |n: usize| -> Vec<&[TokenId]> { contexts.iter().map(|c| &c[len - n..]).collect() };
+    if !use_cache {
+        // The reference: the whole window, every step.
+        let window = tail(len.min(block as usize));
+        last_logits(&model.forward(&ids_tensor(&window, device), false))
+    } else if cache.room() == 0 {
+        // Context shift: keep the newest half of the window and prefill it again.
+        let keep = tail(context_shift_keep(block));
+        cache.clear();
+        last_logits(&model.forward_cached(&ids_tensor(&keep, device), cache))
+    } else {
+        // Decode: only the newest token; its keys and values join the cache.
+        last_logits(&model.forward_cached(&ids_tensor(&tail(1), device), cache))
     }
-    let decode_s = decode_started.elapsed().as_secs_f64();
-    let decode_tokens_per_s = generated.len() as f64 / decode_s.max(1e-9);
-    Ok(Completion {
-        text,
-        tokens_generated: generated.len(),
-        tokens: generated,
-        prefill_tokens_per_s: prompt.len() as f64 / prefill_s.max(1e-9),
-        decode_tokens_per_s,
-        stop_reason: reason,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stop_string_is_held_back_and_cut() {
-        let stops = vec!["\n\n".to_string()];
-        let mut m = StopMatcher {
-            stops: &stops,
-            pending: String::new(),
-        };
-        assert_eq!(m.push("a"), ("a".to_string(), false));
-        assert_eq!(
-            m.push("\n"),
-            (String::new(), false),
-            "a newline may start the stop string"
-        );
-        assert_eq!(m.push("b"), ("\nb".to_string(), false));
-        assert_eq!(m.push("\n"), (String::new(), false));
-        assert_eq!(m.push("\n"), (String::new(), true));
-    }
 
     #[test]
     fn prompt_preparation_reports_changes() {

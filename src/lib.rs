@@ -15,6 +15,7 @@
 //! `D` head dimension (`C / H`), `V` vocabulary size.
 
 pub mod bench;
+pub mod bench_generate;
 pub mod checkpoint;
 pub mod config;
 pub mod cuda;
@@ -33,6 +34,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod sampling;
+pub mod stop;
 pub mod tokenizer;
 pub mod train;
 

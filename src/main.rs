@@ -6,6 +6,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use sympathy::bench::{self, Dtype as BenchDtype, TrainBench};
+use sympathy::bench_generate;
 use sympathy::checkpoint;
 use sympathy::config::{DeviceChoice, ModelConfig, Preset, TrainConfig};
 use sympathy::data::{self, Batches, TokenStreams};
@@ -49,7 +50,7 @@ enum Command {
     Explain(ExplainArgs),
     /// Loss and learning-rate curves of one or more runs, as a PNG.
     Plot(PlotArgs),
-    /// Measure this machine: matmul peak, training throughput and MFU.
+    /// Measure this machine: matmul peak, training throughput and MFU, generation speed.
     #[command(subcommand)]
     Bench(Bench),
 }
@@ -99,6 +100,8 @@ enum Bench {
     Matmul(BenchMatmulArgs),
     /// Training steps on random tokens: tokens/s, ms per phase, FLOPs, MFU.
     Train(BenchTrainArgs),
+    /// Decode tokens/s with and without the KV cache at several output lengths.
+    Generate(BenchGenerateArgs),
 }
 
 #[derive(Args)]
@@ -148,6 +151,28 @@ struct BenchTrainArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
+struct BenchGenerateArgs {
+    /// A run folder or a checkpoint folder.
+    #[arg(long, default_value = "runs/default")]
+    checkpoint: PathBuf,
+    /// Output lengths to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    lengths: Vec<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Runs per measurement; the fastest counts.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores]; one-token
+    /// decode steps are too small to split, so small models often decode faster with 1.
+    #[arg(long)]
+    threads: Option<i32>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
 }
@@ -264,6 +289,16 @@ struct GenerateArgs {
     /// Print one JSON object per completion instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Completions of the prompt, generated together in one batch (seeds seed, seed+1, …).
+    #[arg(long, default_value_t = 1)]
+    num_samples: usize,
+    /// Do not stop at the end-of-file token; generate until --max-tokens or --stop.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores]; small
+    /// models often decode faster with 1.
+    #[arg(long)]
+    threads: Option<i32>,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
 }
@@ -393,6 +428,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Plot(args) => cmd_plot(args).map(|_| 0),
         Command::Bench(Bench::Matmul(args)) => cmd_bench_matmul(args).map(|_| 0),
         Command::Bench(Bench::Train(args)) => cmd_bench_train(args).map(|_| 0),
+        Command::Bench(Bench::Generate(args)) => cmd_bench_generate(args).map(|_| 0),
     }
 }
 
@@ -612,6 +648,7 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         repetition_penalty: args.repetition_penalty,
     };
     sampling.validate()?;
+    set_threads(args.threads)?;
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let tokenizer = loaded.state.tokenizer.clone();
@@ -623,32 +660,58 @@ fn cmd_generate(args: GenerateArgs) -> Result<()> {
         Some(b) => b,
         None => context,
     };
+    if args.num_samples == 0 {
+        bail!("--num-samples: must be at least 1");
+    }
     let cfg = GenerateConfig {
         max_tokens: args.max_tokens,
         sampling,
         seed: args.seed,
         stop: args.stop.clone(),
         use_cache: !args.no_cache,
+        block_size: Some(block),
+        ignore_eos: args.ignore_eos,
     };
+    let n = args.num_samples;
     let complete = |prompt: &str| -> Result<()> {
         let prepared = generate::prepare_prompt(&tokenizer, prompt, block);
         for note in &prepared.notes {
             eprintln!("{note}");
         }
         let mut stdout = std::io::stdout().lock();
-        let completion = if args.json {
-            generate::generate(&loaded.model, &tokenizer, &prepared.ids, &cfg, |_| {})?
-        } else {
-            generate::generate(&loaded.model, &tokenizer, &prepared.ids, &cfg, |piece| {
-                // Streamed: each piece is shown the moment it is sampled.
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            })?
-        };
-        if args.json {
-            writeln!(stdout, "{}", serde_json::to_string(&completion)?)?;
-        } else {
-            writeln!(stdout)?;
+        let stream = !args.json && n == 1;
+        let completions = generate::generate_batch(
+            &loaded.model,
+            &tokenizer,
+            &prepared.ids,
+            &cfg,
+            n,
+            |_, piece| {
+                if stream {
+                    // Streamed: each piece is shown the moment it is sampled.
+                    let _ = stdout.write_all(piece.as_bytes());
+                    let _ = stdout.flush();
+                }
+            },
+        )?;
+        for c in &completions {
+            if args.json {
+                writeln!(stdout, "{}", serde_json::to_string(c)?)?;
+            } else if stream {
+                writeln!(stdout)?;
+            } else {
+                // Several completions finish together; each gets a header line.
+                let reason = serde_json::to_value(c.stop_reason)?;
+                writeln!(
+                    stdout,
+                    "--- sample {}/{n} (seed {}, {} tokens, {}) ---\n{}",
+                    c.sample + 1,
+                    c.seed,
+                    c.tokens_generated,
+                    reason.as_str().unwrap_or_default(),
+                    c.text
+                )?;
+            }
         }
         Ok(())
     };
@@ -920,6 +983,25 @@ fn set_threads(threads: Option<i32>) -> Result<()> {
         Some(n) if n < 1 => bail!("--threads: must be at least 1, got {n}"),
         Some(n) => tch::set_num_threads(n),
         None => {}
+    }
+    Ok(())
+}
+
+fn cmd_bench_generate(args: BenchGenerateArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let device = args.device.resolve()?;
+    let loaded = checkpoint::load(&args.checkpoint, device)?;
+    let bench = bench_generate::bench_generate(
+        &loaded.model,
+        &loaded.state.tokenizer,
+        &args.lengths,
+        args.repeats,
+        |line| eprintln!("{line}"),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&bench)?);
+    } else {
+        print!("{}", bench.table());
     }
     Ok(())
 }

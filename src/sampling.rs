@@ -191,3 +191,158 @@ pub fn sample_from(probs: &[f64], u: f64) -> usize {
     }
     last_nonzero // rounding left u just above the total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fixed logits with distinct probabilities, most likely token at index 3.
+    const LOGITS: [f32; 6] = [0.5, -0.5, 1.2, 2.0, 0.0, -1.0];
+
+    fn sampler(cfg: SamplingConfig, seed: u64) -> Sampler {
+        Sampler::new(cfg, seed)
+    }
+
+    fn cfg(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> SamplingConfig {
+        SamplingConfig {
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty: 1.0,
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_exactly_k() {
+        for k in 1..=LOGITS.len() {
+            let mut p = softmax(&LOGITS, 1.0);
+            keep_top_k(&mut p, k);
+            assert_eq!(p.iter().filter(|&&x| x > 0.0).count(), k, "k = {k}");
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            // The survivors are the k largest logits.
+            let mut by_logit: Vec<usize> = (0..LOGITS.len()).collect();
+            by_logit.sort_by(|&a, &b| LOGITS[b].total_cmp(&LOGITS[a]));
+            assert!(by_logit[..k].iter().all(|&i| p[i] > 0.0));
+        }
+        // Ties do not let extra tokens through.
+        let mut flat = vec![0.25; 4];
+        keep_top_k(&mut flat, 2);
+        assert_eq!(flat, vec![0.5, 0.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_set_reaching_p() {
+        let probs = [0.1, 0.4, 0.2, 0.3];
+        // Ranked: 0.4, 0.3, 0.2, 0.1; cumulative 0.4, 0.7, 0.9, 1.0.
+        for (p, kept) in [(0.3, 1), (0.4, 1), (0.5, 2), (0.7, 2), (0.71, 3), (0.95, 4)] {
+            let mut q = probs.to_vec();
+            keep_top_p(&mut q, p);
+            let n = q.iter().filter(|&&x| x > 0.0).count();
+            assert_eq!(n, kept, "p = {p}");
+            // The kept set reaches p and dropping its least likely member would not.
+            let mut mass: Vec<f64> = probs.to_vec();
+            mass.sort_by(|a, b| b.total_cmp(a));
+            assert!(mass[..n].iter().sum::<f64>() >= p - 1e-12);
+            assert!(mass[..n - 1].iter().sum::<f64>() < p);
+            // What survives is renormalised in proportion.
+            let kept_sum: f64 = mass[..n].iter().sum();
+            assert!((q[1] - 0.4 / kept_sum).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn temperature_zero_and_near_zero_are_argmax() {
+        let mut greedy = sampler(cfg(0.0, None, None), 1);
+        let mut cold = sampler(cfg(1e-4, None, None), 2);
+        for _ in 0..100 {
+            assert_eq!(greedy.sample(&LOGITS, &[]), 3);
+            assert_eq!(cold.sample(&LOGITS, &[]), 3);
+        }
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1, "ties go to the first");
+    }
+
+    #[test]
+    fn same_seed_same_draws_other_seed_other_draws() {
+        let c = cfg(1.0, None, None);
+        let draw = |seed| -> Vec<TokenId> {
+            let mut s = sampler(c.clone(), seed);
+            (0..200).map(|_| s.sample(&LOGITS, &[])).collect()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn repetition_penalty_lowers_seen_tokens_either_sign() {
+        let mut l = vec![2.0, -2.0, 1.0];
+        apply_repetition_penalty(&mut l, &[0, 1, 0], 2.0);
+        assert_eq!(l, vec![1.0, -4.0, 1.0]);
+    }
+
+    /// Counts of `draws` samples per token.
+    fn histogram(cfg: SamplingConfig, draws: usize) -> Vec<usize> {
+        let mut s = sampler(cfg, 2024);
+        let mut counts = vec![0; LOGITS.len()];
+        for _ in 0..draws {
+            counts[s.sample(&LOGITS, &[]) as usize] += 1;
+        }
+        counts
+    }
+
+    /// Each count of N = 10 000 draws is Binomial(N, p_i): mean N·p_i, standard deviation
+    /// σ_i = sqrt(N·p_i·(1 − p_i)). A correct sampler lands beyond 5σ with probability
+    /// below 6e-7 per token (normal tail; the binomial is near-normal here since every
+    /// kept N·p_i ≥ 140 with these logits and temperatures), so over 6 tokens a false
+    /// failure is under 4e-6; the seed is fixed, so the test is deterministic anyway. A wrong temperature or a shifted CDF
+    /// moves some count by far more: at N = 10 000, 5σ is at most 250 draws (2.5 points
+    /// of probability).
+    fn assert_matches(counts: &[usize], probs: &[f64]) {
+        let n: usize = counts.iter().sum();
+        for (i, (&c, &p)) in counts.iter().zip(probs).enumerate() {
+            let mean = n as f64 * p;
+            let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+            assert!(
+                (c as f64 - mean).abs() <= 5.0 * sigma,
+                "token {i}: {c} draws, expected {mean:.1} ± 5·{sigma:.1}"
+            );
+            if p == 0.0 {
+                assert_eq!(c, 0, "token {i} was cut and must never be drawn");
+            }
+        }
+    }
+
+    #[test]
+    fn ten_thousand_draws_match_the_softmax() {
+        for t in [1.0, 0.7, 1.5] {
+            let probs = softmax(&LOGITS, t);
+            assert_matches(&histogram(cfg(t, None, None), 10_000), &probs);
+        }
+    }
+
+    #[test]
+    fn ten_thousand_draws_match_the_truncated_softmax() {
+        // top-k 4 then top-p 0.8 at temperature 1: the expected distribution is the
+        // softmax with the cut tokens zeroed and the rest renormalised.
+        let mut probs = softmax(&LOGITS, 1.0);
+        keep_top_k(&mut probs, 4);
+        keep_top_p(&mut probs, 0.8);
+        assert!(probs.iter().filter(|&&p| p > 0.0).count() < 4);
+        assert_matches(&histogram(cfg(1.0, Some(4), Some(0.8)), 10_000), &probs);
+    }
+
+    #[test]
+    fn invalid_settings_name_their_flag() {
+        let bad = [
+            (cfg(-1.0, None, None), "--temperature"),
+            (cfg(1.0, Some(0), None), "--top-k"),
+            (cfg(1.0, None, Some(1.5)), "--top-p"),
+            (cfg(1.0, None, Some(0.0)), "--top-p"),
+        ];
+        for (c, flag) in bad {
+            assert!(c.validate().unwrap_err().to_string().starts_with(flag));
+        }
+        let mut c = cfg(1.0, None, None);
+        c.repetition_penalty = 0.0;
+        assert!(c.validate().is_err());
+    }
+}

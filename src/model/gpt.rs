@@ -6,7 +6,7 @@
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
 use crate::model::{Block, LayerNorm, INIT_STD};
-use tch::{nn, Kind, Reduction, Tensor};
+use tch::{nn, Reduction, Tensor};
 
 #[derive(Debug)]
 pub struct Gpt {
@@ -60,9 +60,8 @@ impl Gpt {
             pos0 + t,
             self.cfg.block_size
         );
-        let pos = Tensor::arange_start(pos0, pos0 + t, (Kind::Int64, idx.device())); // (T,)
-        (idx.apply(&self.wte) + pos.apply(&self.wpe)).dropout(self.cfg.dropout, train)
-        // (B, T, C)
+        let pos = self.wpe.ws.narrow(0, pos0, t); // rows pos0..pos0+T of the table: (T, C)
+        (idx.apply(&self.wte) + pos).dropout(self.cfg.dropout, train) // (B, T, C)
     }
 
     /// The final norm and the tied head: (B, T, C) -> logits (B, T, V).
@@ -81,8 +80,23 @@ impl Gpt {
 
     /// The incremental forward pass: ids (B, T_new) of the positions after those already
     /// in `cache` -> logits (B, T_new, V). Appends their keys and values to the cache.
+    /// Eval mode (no dropout). Equals the last `T_new` positions of `forward` on the
+    /// whole sequence; `tests/generation.rs` holds it to that.
     pub fn forward_cached(&self, idx: &Tensor, cache: &mut KvCache) -> Tensor {
         let t_new = idx.size()[1];
+        // A cache with fewer layers would be zipped short and silently skip blocks.
+        assert_eq!(
+            cache.n_layer(),
+            self.h.len(),
+            "a KV cache for {} layers cannot serve a {}-layer model",
+            cache.n_layer(),
+            self.h.len()
+        );
+        assert!(
+            t_new <= cache.room(),
+            "{t_new} new positions do not fit the {} left in the cache; callers slide first",
+            cache.room()
+        );
         let mut x = self.embed(idx, cache.pos(), false);
         for (block, layer) in self.h.iter().zip(cache.layers_mut()) {
             x = block.forward(&x, Some(layer), false);
