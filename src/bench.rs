@@ -18,6 +18,7 @@ use crate::model::Gpt;
 use crate::optim::AdamW;
 use crate::{Error, Result};
 use serde::Serialize;
+use std::sync::Barrier;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -57,21 +58,65 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// How the product's work is spread over the CPU's cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Split {
+    /// One product at a time, split by libtorch over its intra-op threads (as a single
+    /// big matmul, or training with one worker, runs).
+    IntraOp,
+    /// One product per core at once, each on one thread (as training's data-parallel
+    /// workers run): no thread waits for another inside a product.
+    PerCore,
+}
+
 /// One matmul size, measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct MatmulRun {
     pub dtype: Dtype,
     /// The side of the square matrices.
     pub n: i64,
-    /// Median over `runs` timed products, after warm-up.
+    pub split: Split,
+    /// Products running at once (1 for `IntraOp`).
+    pub workers: usize,
+    /// Median over `runs` timed rounds, after warm-up, in GFLOP/s of all workers.
     pub gflops: f64,
-    /// The fastest of the timed products (on a busy machine, closer to the hardware).
+    /// The fastest round (on a busy machine, closer to the hardware).
     pub best_gflops: f64,
     pub runs: usize,
 }
 
-/// The rate of `n×n · n×n` products in `dtype` on `device`: `2·n³` FLOPs each,
-/// median of `runs` after `warmup` untimed ones.
+/// Times `warmup + runs` products `a·b` into a preallocated output (so the allocator is
+/// not part of the figure), each after `barrier` if given; returns the timed seconds.
+fn timed_products(
+    device: Device,
+    dtype: Dtype,
+    n: i64,
+    warmup: usize,
+    runs: usize,
+    barrier: Option<&Barrier>,
+) -> Vec<f64> {
+    let opts = (dtype.kind(), device);
+    let (a, b) = (Tensor::randn([n, n], opts), Tensor::randn([n, n], opts));
+    let out = Tensor::empty([n, n], opts);
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..warmup + runs {
+        if let Some(barrier) = barrier {
+            barrier.wait();
+        }
+        sync(device);
+        let start = Instant::now();
+        let _ = a.matmul_out(&out, &b);
+        sync(device);
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times
+}
+
+/// `n×n · n×n` products in `dtype` on `device`, `2·n³` FLOPs each, split over the
+/// intra-op threads: the median of `runs` after `warmup` untimed ones.
 pub fn matmul_gflops(
     device: Device,
     dtype: Dtype,
@@ -79,28 +124,55 @@ pub fn matmul_gflops(
     warmup: usize,
     runs: usize,
 ) -> MatmulRun {
-    let opts = (dtype.kind(), device);
-    let (a, b) = (Tensor::randn([n, n], opts), Tensor::randn([n, n], opts));
-    let out = Tensor::empty([n, n], opts);
-    let mut times = Vec::with_capacity(runs);
-    for i in 0..warmup + runs {
-        sync(device);
-        let start = Instant::now();
-        // Into a preallocated output, so the allocator is not part of the figure.
-        let _ = a.matmul_out(&out, &b);
-        sync(device);
-        if i >= warmup {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    let flops = 2.0 * (n as f64).powi(3);
+    let times = timed_products(device, dtype, n, warmup, runs, None);
+    rates(dtype, n, Split::IntraOp, 1, &times)
+}
+
+/// `workers` CPU threads, each with one intra-op thread, each multiplying its own
+/// matrices, started together every round; a round's rate is all their FLOPs over the
+/// slowest one's time.
+pub fn matmul_gflops_per_core(
+    dtype: Dtype,
+    n: i64,
+    workers: usize,
+    warmup: usize,
+    runs: usize,
+) -> MatmulRun {
+    let barrier = Barrier::new(workers);
+    let threads_before = tch::get_num_threads();
+    let per_worker: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    tch::set_num_threads(1);
+                    timed_products(Device::Cpu, dtype, n, warmup, runs, Some(barrier))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a matmul thread panicked"))
+            .collect()
+    });
+    tch::set_num_threads(threads_before);
+    let slowest: Vec<f64> = (0..runs)
+        .map(|i| per_worker.iter().map(|t| t[i]).fold(0.0, f64::max))
+        .collect();
+    rates(dtype, n, Split::PerCore, workers, &slowest)
+}
+
+fn rates(dtype: Dtype, n: i64, split: Split, workers: usize, times: &[f64]) -> MatmulRun {
+    let flops = workers as f64 * 2.0 * (n as f64).powi(3);
     let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
     MatmulRun {
         dtype,
         n,
-        gflops: flops / median(&times) / 1e9,
+        split,
+        workers,
+        gflops: flops / median(times) / 1e9,
         best_gflops: flops / fastest / 1e9,
-        runs,
+        runs: times.len(),
     }
 }
 
@@ -115,21 +187,40 @@ fn peak_sizes(device: Device) -> &'static [i64] {
     }
 }
 
-/// `bench matmul`: each size in `dtype`, and the highest median as the peak.
-pub fn matmul_peak(device: Device, dtype: Dtype) -> (f64, Vec<MatmulRun>) {
-    let runs: Vec<MatmulRun> = peak_sizes(device)
-        .iter()
-        .map(|&n| matmul_gflops(device, dtype, n, 2, 5))
-        .collect();
-    let peak = runs.iter().map(|r| r.gflops).fold(0.0, f64::max);
-    (peak, runs)
+/// Every size in `dtype`, split over the intra-op threads and (on a CPU with several)
+/// one product per core, `warmup` and `runs` each; the peak is the highest median.
+/// On an idle machine the two splits agree; on a busy one, threads that wait for each
+/// other inside a product lose more, and training's workers don't wait, so the peak
+/// is the better of the two.
+fn peak_of(
+    device: Device,
+    dtype: Dtype,
+    sizes: &[i64],
+    warmup: usize,
+    runs: usize,
+) -> (f64, Vec<MatmulRun>) {
+    let threads = tch::get_num_threads().max(1) as usize;
+    let mut out = vec![];
+    for &n in sizes {
+        out.push(matmul_gflops(device, dtype, n, warmup, runs));
+        if device == Device::Cpu && threads > 1 {
+            out.push(matmul_gflops_per_core(dtype, n, threads, warmup, runs));
+        }
+    }
+    let peak = out.iter().map(|r| r.gflops).fold(0.0, f64::max);
+    (peak, out)
 }
 
-/// A cheap peak for the start of `train` (about 0.1–0.3 s on a 2-core CPU): one size,
-/// one warm-up, the median of three.
+/// `bench matmul`: the peak in `dtype` and every measurement behind it.
+pub fn matmul_peak(device: Device, dtype: Dtype) -> (f64, Vec<MatmulRun>) {
+    peak_of(device, dtype, peak_sizes(device), 2, 5)
+}
+
+/// A cheap peak for the start of `train` (about 0.1–0.3 s on an idle 2-core CPU): one
+/// size, one warm-up, the median of three.
 pub fn quick_peak(device: Device, dtype: Dtype) -> f64 {
     let n = if device == Device::Cpu { 1024 } else { 4096 };
-    matmul_gflops(device, dtype, n, 1, 3).gflops
+    peak_of(device, dtype, &[n], 1, 3).0
 }
 
 /// What `bench train` measures.

@@ -64,8 +64,9 @@ impl DataParallel {
     pub fn new(cfg: &ModelConfig, device: Device, opt: &AdamW, workers: usize) -> Self {
         let replicas = (1..workers.max(1))
             .map(|_| {
-                let vs = nn::VarStore::new(device);
+                let mut vs = nn::VarStore::new(device);
                 let model = Gpt::new(&vs.root(), cfg);
+                vs.set_kind(opt.kind()); // bf16 when the caller converted its model
                 let grad = opt.share_weights(&vs);
                 Replica {
                     _vs: vs,

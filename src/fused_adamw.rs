@@ -47,9 +47,11 @@ pub(crate) struct Slot {
 /// Gives every tensor of `params` a `.grad` (zeros), so that it can be re-homed: one
 /// backward through zero defines them all, since tch has no setter for `.grad`.
 pub(crate) fn define_grads(params: &[&Tensor]) {
-    let touch: Vec<Tensor> = params.iter().map(|p| p.sum(Kind::Float)).collect();
+    // Summed in each tensor's own dtype, so each gradient has that dtype too.
+    let touch: Vec<Tensor> = params.iter().map(|p| p.sum(p.kind())).collect();
     if !touch.is_empty() {
-        (Tensor::stack(&touch, 0).sum(Kind::Float) * 0.0).backward();
+        let kind = touch[0].kind();
+        (Tensor::stack(&touch, 0).sum(kind) * 0.0).backward();
     }
 }
 

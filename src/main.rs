@@ -1030,7 +1030,9 @@ fn cmd_bench_matmul(args: BenchMatmulArgs) -> Result<()> {
         for (dtype, (peak, runs)) in &measured {
             for r in runs {
                 println!(
-                    "{dtype:?} {n}x{n}: {:.1} GFLOP/s (median of {}; best {:.1})",
+                    "{dtype:?} {n}x{n} {:?} x{}: {:.1} GFLOP/s (median of {}; best {:.1})",
+                    r.split,
+                    r.workers,
                     r.gflops,
                     r.runs,
                     r.best_gflops,

@@ -119,6 +119,11 @@ impl AdamW {
         });
     }
 
+    /// The dtype of the parameters (and of every flat buffer).
+    pub fn kind(&self) -> Kind {
+        self.flat.param.kind()
+    }
+
     /// Updates done so far.
     pub fn steps_done(&self) -> i64 {
         self.step

@@ -250,9 +250,16 @@ fn bench_matmul_json_has_a_peak() {
         v["peak_gflops_bf16"].is_null(),
         "bf16 is measured on CUDA only"
     );
-    assert!(v["threads"].as_i64().unwrap() >= 1);
+    let threads = v["threads"].as_i64().unwrap();
+    assert!(threads >= 1);
     let runs = v["runs"].as_array().unwrap();
     assert!(!runs.is_empty());
+    // Each size is measured split over the intra-op threads, and with several threads
+    // also as one product per core.
+    let per_core = runs.iter().filter(|r| r["split"] == "per-core").count();
+    let intra_op = runs.iter().filter(|r| r["split"] == "intra-op").count();
+    assert!(intra_op > 0);
+    assert_eq!(per_core, if threads > 1 { intra_op } else { 0 }, "{v}");
     let best = runs
         .iter()
         .map(|r| positive(r, "gflops"))
@@ -318,6 +325,33 @@ fn bench_train_json_reports_the_stable_fields() {
         assert_eq!(v[field].as_i64(), Some(want), "{field}");
     }
     assert_eq!(v["steps"].as_i64(), Some(3));
+    assert!(v["loss"].as_f64().unwrap().is_finite());
+}
+
+/// bf16 is the CUDA format; on the CPU it runs too, which exercises the bf16 weights
+/// and the optimizer's tensor-op path that CUDA takes.
+#[test]
+fn bench_train_runs_in_bf16() {
+    let v = json(&[
+        "bench",
+        "train",
+        "--json",
+        "--preset",
+        "tiny",
+        "--n-layer",
+        "1",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--dtype",
+        "bf16",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(v["dtype"], "bf16");
+    positive(&v, "tokens_per_s");
+    positive(&v, "peak_gflops");
     assert!(v["loss"].as_f64().unwrap().is_finite());
 }
 
