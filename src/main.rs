@@ -568,36 +568,16 @@ fn check_resume_flags(args: &TrainArgs, saved: &ModelConfig) -> Result<()> {
             bail!("--preset: {} describes another model than the checkpoint in {}; drop --preset to resume", name.get_name(), args.out.display());
         }
     }
-    let flags = &args.model;
-    let pairs = [
-        (
-            "--n-layer",
-            flags.n_layer.map(|v| v as f64),
-            saved.n_layer as f64,
-        ),
-        (
-            "--n-head",
-            flags.n_head.map(|v| v as f64),
-            saved.n_head as f64,
-        ),
-        (
-            "--n-embd",
-            flags.n_embd.map(|v| v as f64),
-            saved.n_embd as f64,
-        ),
-        (
-            "--block-size",
-            flags.block_size.map(|v| v as f64),
-            saved.block_size as f64,
-        ),
-        ("--dropout", flags.dropout, saved.dropout),
+    let m = &args.model;
+    let changed = [
+        differs("--n-layer", m.n_layer, saved.n_layer),
+        differs("--n-head", m.n_head, saved.n_head),
+        differs("--n-embd", m.n_embd, saved.n_embd),
+        differs("--block-size", m.block_size, saved.block_size),
+        differs("--dropout", m.dropout, saved.dropout),
     ];
-    for (flag, given, saved) in pairs {
-        if let Some(g) = given {
-            if g != saved {
-                bail!("{flag}: {g} contradicts the checkpoint's {saved}; drop the flag to resume, or train a new --out");
-            }
-        }
+    if let Some((flag, given, saved)) = changed.into_iter().flatten().next() {
+        bail!("{flag}: {given} contradicts the checkpoint's {saved}; drop the flag to resume, or train a new --out");
     }
     Ok(())
 }
@@ -606,38 +586,32 @@ fn check_resume_flags(args: &TrainArgs, saved: &ModelConfig) -> Result<()> {
 /// after a divergence); each change is said once, since the run then no longer repeats
 /// the uninterrupted one.
 fn note_resume_changes(flags: &TrainFlags, saved: &TrainConfig) {
-    let pairs = [
-        (
-            "--max-steps",
-            flags.max_steps.map(|v| v as f64),
-            saved.max_steps as f64,
-        ),
-        (
-            "--batch-size",
-            flags.batch_size.map(|v| v as f64),
-            saved.batch_size as f64,
-        ),
-        (
-            "--grad-accum",
-            flags.grad_accum.map(|v| v as f64),
-            saved.grad_accum as f64,
-        ),
-        ("--lr", flags.lr, saved.lr),
-        ("--min-lr", flags.min_lr, saved.min_lr),
-        (
-            "--warmup-steps",
-            flags.warmup_steps.map(|v| v as f64),
-            saved.warmup_steps as f64,
-        ),
-        ("--weight-decay", flags.weight_decay, saved.weight_decay),
-        ("--grad-clip", flags.grad_clip, saved.grad_clip),
-        ("--seed", flags.seed.map(|v| v as f64), saved.seed as f64),
+    let changed = [
+        differs("--max-steps", flags.max_steps, saved.max_steps),
+        differs("--batch-size", flags.batch_size, saved.batch_size),
+        differs("--grad-accum", flags.grad_accum, saved.grad_accum),
+        differs("--lr", flags.lr, saved.lr),
+        differs("--min-lr", flags.min_lr, saved.min_lr),
+        differs("--warmup-steps", flags.warmup_steps, saved.warmup_steps),
+        differs("--weight-decay", flags.weight_decay, saved.weight_decay),
+        differs("--grad-clip", flags.grad_clip, saved.grad_clip),
+        differs("--seed", flags.seed, saved.seed),
     ];
-    for (flag, given, saved) in pairs {
-        if let Some(g) = given.filter(|g| *g != saved) {
-            eprintln!("note: {flag} {g} replaces the checkpoint's {saved}; the resumed run will differ from an uninterrupted one");
-        }
+    for (flag, given, saved) in changed.into_iter().flatten() {
+        eprintln!("note: {flag} {given} replaces the checkpoint's {saved}; the resumed run will differ from an uninterrupted one");
     }
+}
+
+/// `(flag, given, saved)` as text when a flag was given with a value other than the
+/// checkpoint's; shared by the resume checks so each compares in its own type.
+fn differs<T: PartialEq + std::fmt::Display>(
+    flag: &'static str,
+    given: Option<T>,
+    saved: T,
+) -> Option<(&'static str, String, String)> {
+    given
+        .filter(|g| *g != saved)
+        .map(|g| (flag, g.to_string(), saved.to_string()))
 }
 
 fn cmd_generate(args: GenerateArgs) -> Result<()> {
