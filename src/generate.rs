@@ -23,6 +23,7 @@ use crate::model::Gpt;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{TokenId, Tokenizer, EOS};
+use crate::torch_ext::InferenceMode;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -266,6 +267,8 @@ pub fn generate_batch(
             ),
         ));
     }
+    // No autograd anywhere below, not even its bookkeeping (see `torch_ext`).
+    let _inference = InferenceMode::enter();
     let device = model.device();
     let n = num_samples;
     let mut rows: Vec<Row> = (0..n)
@@ -285,16 +288,14 @@ pub fn generate_batch(
     // Prefill. Every completion starts from the same prompt, so it runs once (B = 1)
     // and the cache is copied into N rows.
     let started = Instant::now();
-    let first = tch::no_grad(|| {
-        let ids = ids_tensor(&[prompt], device); // (1, T)
-        if cfg.use_cache {
-            let logits = model.forward_cached(&ids, &mut cache);
-            cache.select_rows(&Tensor::zeros([n as i64], (Kind::Int64, device))); // B: 1 -> N
-            last_logits(&logits)
-        } else {
-            last_logits(&model.forward(&ids, false))
-        }
-    });
+    let ids = ids_tensor(&[prompt], device); // (1, T)
+    let first = if cfg.use_cache {
+        let logits = model.forward_cached(&ids, &mut cache);
+        cache.select_rows(&Tensor::zeros([n as i64], (Kind::Int64, device))); // B: 1 -> N
+        last_logits(&logits)
+    } else {
+        last_logits(&model.forward(&ids, false))
+    };
     let mut logits = vec![first[0].clone(); n];
     let prefill_s = started.elapsed().as_secs_f64();
     let decode_started = Instant::now();
@@ -328,7 +329,7 @@ pub fn generate_batch(
         }
         // Forward: the logits of the next position of every running row.
         let contexts: Vec<&[TokenId]> = active.iter().map(|&i| &rows[i].context[..]).collect();
-        logits = tch::no_grad(|| next_logits(model, &mut cache, &contexts, cfg.use_cache, block));
+        logits = next_logits(model, &mut cache, &contexts, cfg.use_cache, block);
     }
 
     let prefill_tokens_per_s = prompt.len() as f64 / prefill_s.max(1e-9);

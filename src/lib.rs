@@ -36,6 +36,7 @@ pub mod plot;
 pub mod sampling;
 pub mod stop;
 pub mod tokenizer;
+pub mod torch_ext;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -14,7 +14,7 @@
 
 use crate::config::ModelConfig;
 use crate::kv_cache::LayerCache;
-use crate::model::{linear, residual_std, INIT_STD};
+use crate::model::{dropout, linear, project, residual_std, INIT_STD};
 use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
@@ -44,8 +44,7 @@ impl CausalSelfAttention {
         let d = c / self.n_head;
         // One view and one permute instead of a split and three reshapes: in a decode
         // step every libtorch call costs about a microsecond, as much as the arithmetic.
-        let qkv = x
-            .apply(&self.c_attn)
+        let qkv = project(x, &self.c_attn)
             .view([b, t, 3, self.n_head, d]) // (B, T, 3C) -> (B, T, 3, H, D)
             .permute([2, 0, 3, 1, 4]); // -> (3, B, H, T, D)
         (qkv.get(0), qkv.get(1), qkv.get(2))
@@ -55,7 +54,7 @@ impl CausalSelfAttention {
     fn merge(&self, y: Tensor, train: bool) -> Tensor {
         let (b, h, t, d) = y.size4().expect("attention output is (B, H, T, D)");
         let y = y.transpose(1, 2).reshape([b, t, h * d]); // (B, H, T, D) -> (B, T, C)
-        y.apply(&self.c_proj).dropout(self.dropout, train)
+        dropout(project(&y, &self.c_proj), self.dropout, train)
     }
 
     /// x: (B, T, C) -> (B, T, C). With a cache, `x` holds only the new positions; their
@@ -71,16 +70,16 @@ impl CausalSelfAttention {
                 (k, v, t_past)
             }
         };
-        let dropout = if train { self.dropout } else { 0.0 };
+        let p_attn = if train { self.dropout } else { 0.0 };
         let y = if t_past == 0 {
             // Square causal mask: the kernel builds it itself.
             Tensor::scaled_dot_product_attention::<Tensor>(
-                &q, &k, &v, None, dropout, true, None, false,
+                &q, &k, &v, None, p_attn, true, None, false,
             )
         } else if t_new == 1 {
             // One new query at the last position may see every cached key: no mask.
             Tensor::scaled_dot_product_attention::<Tensor>(
-                &q, &k, &v, None, dropout, false, None, false,
+                &q, &k, &v, None, p_attn, false, None, false,
             )
         } else {
             // Several new queries after a cached prefix: query i sits at t_past + i.
@@ -90,7 +89,7 @@ impl CausalSelfAttention {
                 &k,
                 &v,
                 Some(&mask),
-                dropout,
+                p_attn,
                 false,
                 None,
                 false,

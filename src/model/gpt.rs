@@ -5,7 +5,7 @@
 
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
-use crate::model::{Block, LayerNorm, INIT_STD};
+use crate::model::{dropout, Block, LayerNorm, INIT_STD};
 use tch::{nn, Reduction, Tensor};
 
 #[derive(Debug)]
@@ -61,7 +61,7 @@ impl Gpt {
             self.cfg.block_size
         );
         let pos = self.wpe.ws.narrow(0, pos0, t); // rows pos0..pos0+T of the table: (T, C)
-        (idx.apply(&self.wte) + pos).dropout(self.cfg.dropout, train) // (B, T, C)
+        dropout(idx.apply(&self.wte) + pos, self.cfg.dropout, train) // (B, T, C)
     }
 
     /// The final norm and the tied head: (B, T, C) -> logits (B, T, V).

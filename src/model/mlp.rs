@@ -4,7 +4,7 @@
 //! and it holds two thirds of a block's parameters.
 
 use crate::config::ModelConfig;
-use crate::model::{linear, residual_std, INIT_STD};
+use crate::model::{dropout, linear, project, residual_std, INIT_STD};
 use tch::{nn, Tensor};
 
 #[derive(Debug)]
@@ -26,9 +26,7 @@ impl Mlp {
 
     /// x: (B, T, C) -> (B, T, C). Exact (erf) GELU, as nanoGPT's `nn.GELU()`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        x.apply(&self.c_fc) // (B, T, 4C)
-            .gelu("none")
-            .apply(&self.c_proj) // (B, T, C)
-            .dropout(self.dropout, train)
+        let h = project(x, &self.c_fc).gelu("none"); // (B, T, 4C)
+        dropout(project(&h, &self.c_proj), self.dropout, train) // (B, T, C)
     }
 }
