@@ -14,6 +14,7 @@
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data_parallel::DataParallel;
 use crate::flops;
+use crate::matmul_floor::{matmul_floor_ms, matmul_flops};
 use crate::model::Gpt;
 use crate::optim::AdamW;
 use crate::{Error, Result};
@@ -47,7 +48,7 @@ pub fn sync(device: Device) {
 }
 
 /// The median of `xs` (which must not be empty).
-fn median(xs: &[f64]) -> f64 {
+pub(crate) fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -253,6 +254,12 @@ pub struct TrainReport {
     pub ms_forward: f64,
     pub ms_backward: f64,
     pub ms_optimizer: f64,
+    /// The step's weight-matrix products alone, in ms (see `matmul_floor`): what a step
+    /// would take if everything else were free.
+    pub ms_matmuls: f64,
+    /// The FLOP/s of those products over `peak_gflops`: how close the kernels come to
+    /// the peak at this model's (often skinny) shapes.
+    pub matmul_efficiency: f64,
     pub n_layer: i64,
     pub n_head: i64,
     pub n_embd: i64,
@@ -292,7 +299,7 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     let mut model = model;
     let workers = b
         .workers
-        .unwrap_or_else(|| crate::data_parallel::default_workers(cfg, device));
+        .map_or(Ok(1), |w| crate::data_parallel::check_workers(w, cfg))?;
     let mut dp = DataParallel::new(cfg, device, &opt, workers);
     let n_params: i64 = vs
         .trainable_variables()
@@ -346,6 +353,8 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     let tokens_per_s = (bsz * t) as f64 / (ms_step / 1e3);
     let flops_per_token = flops::flops_per_token(cfg);
     let achieved_gflops = tokens_per_s * flops_per_token / 1e9;
+    let ms_matmuls = matmul_floor_ms(cfg, bsz, b.dtype.kind(), device, 5);
+    let products_gflops = matmul_flops(cfg, bsz) / (ms_matmuls / 1e3) / 1e9;
     Ok(TrainReport {
         tokens_per_s,
         mfu: achieved_gflops / peak,
@@ -356,6 +365,8 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
         ms_forward: median(&fwd),
         ms_backward: median(&bwd),
         ms_optimizer: median(&opt_ms),
+        ms_matmuls,
+        matmul_efficiency: products_gflops / peak,
         n_layer: cfg.n_layer,
         n_head: cfg.n_head,
         n_embd: cfg.n_embd,

@@ -29,6 +29,7 @@ pub mod generate;
 pub mod inspect;
 pub mod interop;
 pub mod kv_cache;
+pub mod matmul_floor;
 pub mod metrics;
 pub mod model;
 pub mod optim;

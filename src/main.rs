@@ -145,7 +145,7 @@ struct BenchTrainArgs {
     #[arg(long)]
     threads: Option<i32>,
     /// Data-parallel workers, each on a slice of the batch with one thread
-    /// [default: as training: one per thread on the CPU, else 1].
+    /// [default: 1, libtorch's intra-op threads alone].
     #[arg(long)]
     workers: Option<usize>,
     /// Print one JSON object instead of text.
@@ -197,6 +197,10 @@ struct TrainArgs {
     resume: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+    /// Data-parallel workers, each on a slice of the batch with one thread: worth trying
+    /// on a machine busy with other work (1 = libtorch's intra-op threads alone).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     #[command(flatten)]
     model: ModelFlags,
     #[command(flatten)]
@@ -498,6 +502,7 @@ fn cmd_train(args: TrainArgs) -> Result<i32> {
         train: tcfg,
         device,
         resume: args.resume,
+        workers: args.workers,
         quiet: false,
     };
 
@@ -1024,9 +1029,6 @@ fn cmd_bench_matmul(args: BenchMatmulArgs) -> Result<()> {
 
 fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
     set_threads(args.threads)?;
-    if args.workers == Some(0) {
-        bail!("--workers: must be at least 1");
-    }
     let device = args.device.resolve()?;
     if args.dtype == BenchDtype::Bf16 {
         // bf16 matmuls on the CPU are oneDNN's; without it they crawl (see torch_ext).
@@ -1063,6 +1065,12 @@ fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
             r.achieved_gflops,
             100.0 * r.mfu,
             r.peak_gflops
+        );
+        println!(
+            "matmul floor: the step's weight products alone take {:.1} ms ({:.0}% of the step) at {:.0}% of the peak; the rest is attention, GELU, LayerNorm, the optimizer",
+            r.ms_matmuls,
+            100.0 * r.ms_matmuls / r.ms_step,
+            100.0 * r.matmul_efficiency
         );
     }
     Ok(())

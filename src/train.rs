@@ -10,7 +10,7 @@ use crate::bench::{self, Dtype};
 use crate::checkpoint::{self, DataSpec, State, BEST, LATEST};
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{Batches, TokenStreams};
-use crate::data_parallel::{default_workers, DataParallel};
+use crate::data_parallel::{check_workers, DataParallel};
 use crate::flops;
 use crate::metrics::{MetricsWriter, Record};
 use crate::model::Gpt;
@@ -36,6 +36,8 @@ pub struct TrainOptions {
     pub device: Device,
     /// Continue the checkpoint in `out` instead of starting fresh.
     pub resume: bool,
+    /// Data-parallel workers (1: libtorch's intra-op threads alone; see `data_parallel`).
+    pub workers: usize,
     /// No progress bar and no log lines (tests).
     pub quiet: bool,
 }
@@ -154,8 +156,8 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
     let vs = nn::VarStore::new(opts.device);
     let mut model = Gpt::new(&vs.root(), cfg);
     let mut opt = AdamW::new(&vs, tcfg);
-    // On the CPU, forward and backward run as one worker per core (`data_parallel`).
-    let mut workers = DataParallel::new(cfg, opts.device, &opt, default_workers(cfg, opts.device));
+    let n_workers = check_workers(opts.workers, cfg)?;
+    let mut workers = DataParallel::new(cfg, opts.device, &opt, n_workers);
     let schedule = LrSchedule::new(tcfg);
     let mut state = State {
         format_version: checkpoint::FORMAT_VERSION,

@@ -293,9 +293,22 @@ fn bench_train_json_reports_the_stable_fields() {
         "ms_backward",
         "ms_optimizer",
         "ms_step",
+        "ms_matmuls",
     ] {
         positive(&v, f);
     }
+    // The products' efficiency is their FLOPs over their time, against the same peak.
+    let efficiency = positive(&v, "matmul_efficiency");
+    let products = sympathy::matmul_floor::matmul_flops(
+        &ModelConfig {
+            n_layer: 1,
+            ..Preset::Tiny.model(131)
+        },
+        4,
+    );
+    let gflops = products / (v["ms_matmuls"].as_f64().unwrap() / 1e3) / 1e9;
+    let peak = v["peak_gflops"].as_f64().unwrap();
+    assert!((efficiency - gflops / peak).abs() <= 1e-9 * efficiency);
     let mfu = positive(&v, "mfu");
     assert!(
         mfu < 1.0,
