@@ -20,4 +20,7 @@ void sympathy_set_mkldnn_enabled(bool enabled) {
   at::globalContext().setUserEnabledMkldnn(enabled);
 }
 
+// torch.backends.mkldnn.enabled
+bool sympathy_mkldnn_enabled() { return at::globalContext().userEnabledMkldnn(); }
+
 }  // extern "C"

@@ -29,6 +29,7 @@ extern "C" {
     fn sympathy_inference_mode_enter() -> *mut c_void;
     fn sympathy_inference_mode_exit(guard: *mut c_void);
     fn sympathy_set_mkldnn_enabled(enabled: bool);
+    fn sympathy_mkldnn_enabled() -> bool;
 }
 
 /// While alive, the calling thread runs libtorch in inference mode (see the module
@@ -71,4 +72,40 @@ pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
 pub fn set_onednn(enabled: bool) {
     // SAFETY: stores a bool in libtorch's process-wide context, which lives until exit.
     unsafe { sympathy_set_mkldnn_enabled(enabled) }
+}
+
+/// Whether ops with a oneDNN path take it (see [`set_onednn`]).
+pub fn onednn() -> bool {
+    // SAFETY: reads a bool from libtorch's process-wide context.
+    unsafe { sympathy_mkldnn_enabled() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn inference_mode_covers_its_scope_and_nests() {
+        let w = Tensor::ones([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        inference_mode(|| {
+            let x = &w * 2.0;
+            assert!(x.is_inference() && !x.requires_grad());
+            inference_mode(|| assert!((&w * 3.0).is_inference()));
+            // Leaving the inner guard keeps the outer one.
+            assert!((&w * 4.0).is_inference());
+        });
+        // Outside, autograd records again.
+        let y = &w * 2.0;
+        assert!(!y.is_inference() && y.requires_grad());
+    }
+
+    #[test]
+    fn the_onednn_switch_round_trips() {
+        let before = onednn();
+        set_onednn(!before);
+        assert_eq!(onednn(), !before);
+        set_onednn(before);
+        assert_eq!(onednn(), before);
+    }
 }

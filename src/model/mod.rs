@@ -107,3 +107,28 @@ impl LayerNorm {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn project_equals_the_linear_layer_for_one_row_and_many() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = Preset::Tiny.model(131);
+        let mut lin = linear(vs.root() / "l", 32, 96, &cfg, INIT_STD);
+        // A nonzero bias, so that adding it is checked too.
+        if let Some(b) = lin.bs.as_mut() {
+            let _ = tch::no_grad(|| b.uniform_(-1.0, 1.0));
+        }
+        for shape in [[1, 1, 32], [3, 5, 32]] {
+            let x = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+            let (fast, reference) = (project(&x, &lin), x.apply(&lin));
+            assert_eq!(fast.size(), reference.size());
+            let diff = (fast - reference).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{shape:?}: {diff}");
+        }
+    }
+}
