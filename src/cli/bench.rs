@@ -1,0 +1,196 @@
+//! `sympathy bench matmul|train|generate`: this machine measured; the measuring is
+//! [`sympathy::bench`]'s and [`sympathy::bench_generate`]'s.
+
+use super::train::ShapeFlags;
+use super::{override_fields, set_threads};
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use sympathy::bench::{self, Dtype as BenchDtype, TrainBench};
+use sympathy::bench_generate;
+use sympathy::checkpoint;
+use sympathy::config::{DeviceChoice, Preset};
+use sympathy::tokenizer::Tokenizer;
+
+#[derive(Subcommand)]
+pub(crate) enum Bench {
+    /// The measured matmul peak in GFLOP/s (fp32; bf16 too on CUDA).
+    Matmul(BenchMatmulArgs),
+    /// Training steps on random tokens: tokens/s, ms per phase, FLOPs, MFU.
+    Train(BenchTrainArgs),
+    /// Decode tokens/s with and without the KV cache at several output lengths.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct BenchMatmulArgs {
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores].
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchTrainArgs {
+    /// Defaults for the model and batch flags.
+    #[arg(long, value_enum, default_value = "small")]
+    preset: Preset,
+    #[command(flatten)]
+    shape: ShapeFlags,
+    #[arg(long)]
+    batch_size: Option<i64>,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Number format of weights and activations (bf16 is meant for CUDA).
+    #[arg(long, value_enum, default_value = "fp32")]
+    dtype: BenchDtype,
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores].
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Data-parallel workers, each on a slice of the batch with one thread
+    /// [default: 1, libtorch's intra-op threads alone].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchGenerateArgs {
+    /// A run folder or a checkpoint folder.
+    #[arg(long, default_value = "runs/default")]
+    checkpoint: PathBuf,
+    /// Output lengths to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    lengths: Vec<usize>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Runs per measurement; the fastest counts.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores]; one-token
+    /// decode steps are too small to split, so small models often decode faster with 1.
+    #[arg(long)]
+    threads: Option<i32>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+pub(crate) fn cmd_bench_matmul(args: BenchMatmulArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let device = args.device.resolve()?;
+    let mut dtypes = vec![BenchDtype::Fp32];
+    if device.is_cuda() {
+        dtypes.push(BenchDtype::Bf16);
+    }
+    let measured: Vec<_> = dtypes
+        .iter()
+        .map(|&d| (d, bench::matmul_peak(device, d)))
+        .collect();
+    let threads = tch::get_num_threads();
+    if args.json {
+        let peak = |d| measured.iter().find(|m| m.0 == d).map(|m| m.1 .0);
+        let runs: Vec<_> = measured.iter().flat_map(|m| m.1 .1.clone()).collect();
+        let report = serde_json::json!({
+            "peak_gflops": peak(BenchDtype::Fp32), "peak_gflops_bf16": peak(BenchDtype::Bf16),
+            "device": format!("{device:?}").to_lowercase(), "threads": threads, "runs": runs,
+        });
+        println!("{report}");
+    } else {
+        for (dtype, (peak, runs)) in &measured {
+            for r in runs {
+                println!(
+                    "{dtype:?} {n}x{n} {:?} x{}: {:.1} GFLOP/s (median of {}; best {:.1})",
+                    r.split,
+                    r.workers,
+                    r.gflops,
+                    r.runs,
+                    r.best_gflops,
+                    n = r.n
+                );
+            }
+            println!("{dtype:?} peak: {peak:.1} GFLOP/s on {device:?} with {threads} threads");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let device = args.device.resolve()?;
+    if args.dtype == BenchDtype::Bf16 {
+        // bf16 matmuls on the CPU are oneDNN's; without it they crawl (see torch_ext).
+        sympathy::torch_ext::set_onednn(true);
+    }
+    let mut model = args.preset.model(Tokenizer::default().vocab_size());
+    args.shape.apply(&mut model);
+    let mut train = args.preset.train();
+    override_fields!(train, args, [batch_size]);
+    let r = bench::train(&TrainBench {
+        model,
+        train,
+        steps: args.steps,
+        warmup: args.warmup,
+        device,
+        dtype: args.dtype,
+        workers: args.workers,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "model: {} layers, {} heads, n_embd {}, T {}, batch {}; {:.2}M parameters; {:?} on {} with {} threads, {} data-parallel workers",
+            r.n_layer, r.n_head, r.n_embd, r.block_size, r.batch_size, r.n_params as f64 / 1e6, r.dtype, r.device, r.threads, r.workers
+        );
+        println!(
+            "step {:.1} ms = forward {:.1} + backward {:.1} + optimizer {:.1} (medians of {} steps)",
+            r.ms_step, r.ms_forward, r.ms_backward, r.ms_optimizer, r.steps
+        );
+        println!(
+            "{:.0} tokens/s, {:.2} MFLOP/token (6N + 12LTC), {:.1} GFLOP/s = {:.1}% MFU of the measured {:.1} GFLOP/s matmul peak",
+            r.tokens_per_s,
+            r.flops_per_token / 1e6,
+            r.achieved_gflops,
+            100.0 * r.mfu,
+            r.peak_gflops
+        );
+        println!(
+            "matmul floor: the step's weight products alone take {:.1} ms ({:.0}% of the step) at {:.0}% of the peak; the rest is attention, GELU, LayerNorm, the optimizer",
+            r.ms_matmuls,
+            100.0 * r.ms_matmuls / r.ms_step,
+            100.0 * r.matmul_efficiency
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_bench_generate(args: BenchGenerateArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let device = args.device.resolve()?;
+    let loaded = checkpoint::load(&args.checkpoint, device)?;
+    let bench = bench_generate::bench_generate(
+        &loaded.model,
+        &loaded.state.tokenizer,
+        &args.lengths,
+        args.repeats,
+        |line| eprintln!("{line}"),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&bench)?);
+    } else {
+        print!("{}", bench.table());
+    }
+    Ok(())
+}

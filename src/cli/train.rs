@@ -1,0 +1,290 @@
+//! `sympathy train`: flags to a [`TrainOptions`], Ctrl-C to a saved checkpoint, and the
+//! run's outcome to an exit code; the training loop is [`sympathy::train`]'s.
+
+use super::{override_fields, warn_if_no_fonts};
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use sympathy::checkpoint;
+use sympathy::config::{DeviceChoice, ModelConfig, Preset, TrainConfig};
+use sympathy::data;
+use sympathy::plot;
+use sympathy::tokenizer::Tokenizer;
+use sympathy::train::{self, StopCause, StopFlags, TrainOptions};
+
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    /// Folder of source files [default: python3's stdlib, without site-packages].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// File extension of the corpus files.
+    #[arg(long, default_value = "py")]
+    ext: String,
+    /// Run folder: checkpoints, metrics.jsonl, token cache.
+    #[arg(long, default_value = "runs/default")]
+    out: PathBuf,
+    /// Defaults for every model and training flag [default: small; with --resume, the
+    /// checkpoint's].
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
+    /// Continue the checkpoint in --out (model flags must then match it).
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// Data-parallel workers, each on a slice of the batch with one thread: worth trying
+    /// on a machine busy with other work (1 = libtorch's intra-op threads alone).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    #[command(flatten)]
+    model: ModelFlags,
+    #[command(flatten)]
+    train: TrainFlags,
+}
+
+/// Model shape overrides (unset = the preset's, or the checkpoint's with --resume).
+#[derive(Args)]
+pub(crate) struct ModelFlags {
+    #[command(flatten)]
+    pub(crate) shape: ShapeFlags,
+    #[arg(long)]
+    pub(crate) dropout: Option<f64>,
+}
+
+impl ModelFlags {
+    /// Sets the given flags in `cfg`.
+    pub(crate) fn apply(&self, cfg: &mut ModelConfig) {
+        self.shape.apply(cfg);
+        override_fields!(cfg, self, [dropout]);
+    }
+}
+
+/// The model's size, shared by `train`, `inspect` (in [`ModelFlags`]) and `bench train`.
+#[derive(Args)]
+pub(crate) struct ShapeFlags {
+    #[arg(long)]
+    pub(crate) n_layer: Option<i64>,
+    #[arg(long)]
+    pub(crate) n_head: Option<i64>,
+    #[arg(long)]
+    pub(crate) n_embd: Option<i64>,
+    /// Context length T.
+    #[arg(long)]
+    pub(crate) block_size: Option<i64>,
+}
+
+impl ShapeFlags {
+    /// Sets the given flags in `cfg`.
+    pub(crate) fn apply(&self, cfg: &mut ModelConfig) {
+        override_fields!(cfg, self, [n_layer, n_head, n_embd, block_size]);
+    }
+}
+
+/// Training overrides (unset = the preset's, or the checkpoint's with --resume).
+#[derive(Args)]
+pub(crate) struct TrainFlags {
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Stop after this many minutes of training (a checkpoint is written).
+    #[arg(long)]
+    max_minutes: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<i64>,
+    #[arg(long)]
+    grad_accum: Option<i64>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    min_lr: Option<f64>,
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    eval_every: Option<u64>,
+    #[arg(long)]
+    eval_windows: Option<i64>,
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Stop at this step with a checkpoint, keeping the LR schedule of --max-steps; go on
+    /// later with --resume.
+    #[arg(long)]
+    stop_at_step: Option<u64>,
+}
+
+pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
+    let device = args.device.resolve()?;
+    let (mut model, mut tcfg, saved_data) = if args.resume {
+        let dir = checkpoint::resolve(&args.out)?;
+        let state = checkpoint::read_state(&dir)?;
+        check_resume_flags(&args, &state.model)?;
+        note_resume_changes(&args.train, &state.train);
+        (state.model, state.train, Some(state.data))
+    } else {
+        let preset = args.preset.unwrap_or(Preset::Small);
+        (
+            preset.model(Tokenizer::default().vocab_size()),
+            preset.train(),
+            None,
+        )
+    };
+    args.model.apply(&mut model);
+    override_fields!(
+        tcfg,
+        args.train,
+        [
+            max_steps,
+            batch_size,
+            grad_accum,
+            lr,
+            min_lr,
+            warmup_steps,
+            weight_decay,
+            grad_clip,
+            seed,
+            eval_every,
+            eval_windows,
+            checkpoint_every
+        ]
+    );
+    if let Some(m) = args.train.max_minutes {
+        tcfg.max_minutes = Some(m);
+    }
+    tcfg.stop_at_step = args.train.stop_at_step;
+    let (data, ext) = match (args.data, saved_data) {
+        (Some(d), _) => (d, args.ext),
+        (None, Some(saved)) => (saved.root, saved.ext),
+        (None, None) => (data::default_corpus_dir()?, args.ext),
+    };
+    let opts = TrainOptions {
+        data,
+        ext,
+        out: args.out.clone(),
+        model,
+        train: tcfg,
+        device,
+        resume: args.resume,
+        workers: args.workers,
+        quiet: false,
+    };
+
+    let flags = StopFlags::default();
+    // A first Ctrl-C (or SIGTERM) sets the flag: the loop finishes its step and saves.
+    // A second one finds the flag set and exits at once.
+    for (signal, flag, code) in [
+        (signal_hook::consts::SIGINT, &flags.interrupt, 130),
+        (signal_hook::consts::SIGTERM, &flags.terminate, 143),
+    ] {
+        signal_hook::flag::register_conditional_shutdown(signal, code, flag.clone())?;
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+
+    let summary = train::train(&opts, &flags)?;
+    // The loss curves are a bonus: a run that trained must not fail for a picture.
+    let png = args.out.join("loss.png");
+    warn_if_no_fonts();
+    match plot::plot_runs(std::slice::from_ref(&args.out), &png) {
+        Ok(()) => eprintln!("loss curves: {}", png.display()),
+        Err(e) => eprintln!("warning: no loss curves: {e}"),
+    }
+    let val = summary
+        .val_loss
+        .map(|v| {
+            format!(
+                "val loss {v:.4} ({:.3} bits/char)",
+                v / std::f64::consts::LN_2
+            )
+        })
+        .unwrap_or_else(|| "no validation yet".into());
+    eprintln!(
+        "trained to step {} ({:.2}M tokens, {:.0} tok/s at the end), {val}; checkpoint {}",
+        summary.step,
+        summary.tokens_seen as f64 / 1e6,
+        summary.tokens_per_s,
+        summary.checkpoint.display()
+    );
+    let resume = format!("sympathy train --resume --out {}", args.out.display());
+    Ok(match summary.cause {
+        StopCause::MaxSteps | StopCause::MaxMinutes => 0,
+        StopCause::StopAtStep => {
+            eprintln!(
+                "stopped at step {} as --stop-at-step asked; continue with: {resume}",
+                summary.step
+            );
+            0
+        }
+        cause => {
+            let (signal, code) = if cause == StopCause::Interrupted {
+                ("SIGINT", 130)
+            } else {
+                ("SIGTERM", 143)
+            };
+            eprintln!(
+                "stopped by {signal} after step {}, checkpoint saved in {}; resume with: {resume}",
+                summary.step,
+                summary.checkpoint.display()
+            );
+            code
+        }
+    })
+}
+
+/// With --resume, a model flag (or a --preset) may repeat the saved value but not
+/// contradict it: the weights have the saved shape.
+fn check_resume_flags(args: &TrainArgs, saved: &ModelConfig) -> Result<()> {
+    if let Some(preset) = args.preset {
+        if preset.model(saved.vocab_size) != *saved {
+            let name = preset.to_possible_value().expect("presets have names");
+            bail!("--preset: {} describes another model than the checkpoint in {}; drop --preset to resume", name.get_name(), args.out.display());
+        }
+    }
+    let m = &args.model;
+    let changed = [
+        differs("--n-layer", m.shape.n_layer, saved.n_layer),
+        differs("--n-head", m.shape.n_head, saved.n_head),
+        differs("--n-embd", m.shape.n_embd, saved.n_embd),
+        differs("--block-size", m.shape.block_size, saved.block_size),
+        differs("--dropout", m.dropout, saved.dropout),
+    ];
+    if let Some((flag, given, saved)) = changed.into_iter().flatten().next() {
+        bail!("{flag}: {given} contradicts the checkpoint's {saved}; drop the flag to resume, or train a new --out");
+    }
+    Ok(())
+}
+
+/// With --resume, training flags may change the run (a longer --max-steps, a lower --lr
+/// after a divergence); each change is said once, since the run then no longer repeats
+/// the uninterrupted one.
+fn note_resume_changes(flags: &TrainFlags, saved: &TrainConfig) {
+    let changed = [
+        differs("--max-steps", flags.max_steps, saved.max_steps),
+        differs("--batch-size", flags.batch_size, saved.batch_size),
+        differs("--grad-accum", flags.grad_accum, saved.grad_accum),
+        differs("--lr", flags.lr, saved.lr),
+        differs("--min-lr", flags.min_lr, saved.min_lr),
+        differs("--warmup-steps", flags.warmup_steps, saved.warmup_steps),
+        differs("--weight-decay", flags.weight_decay, saved.weight_decay),
+        differs("--grad-clip", flags.grad_clip, saved.grad_clip),
+        differs("--seed", flags.seed, saved.seed),
+    ];
+    for (flag, given, saved) in changed.into_iter().flatten() {
+        eprintln!("note: {flag} {given} replaces the checkpoint's {saved}; the resumed run will differ from an uninterrupted one");
+    }
+}
+
+/// `(flag, given, saved)` as text when a flag was given with a value other than the
+/// checkpoint's; shared by the resume checks so each compares in its own type.
+fn differs<T: PartialEq + std::fmt::Display>(
+    flag: &'static str,
+    given: Option<T>,
+    saved: T,
+) -> Option<(&'static str, String, String)> {
+    given
+        .filter(|g| *g != saved)
+        .map(|g| (flag, g.to_string(), saved.to_string()))
+}
