@@ -52,6 +52,30 @@ pub struct State {
     pub nonfinite_skipped: u64,
 }
 
+impl State {
+    /// The state of a run before its first step (in this format version).
+    pub fn new(
+        model: ModelConfig,
+        train: TrainConfig,
+        tokenizer: Tokenizer,
+        data: DataSpec,
+    ) -> Self {
+        State {
+            format_version: FORMAT_VERSION,
+            step: 0,
+            tokens_seen: 0,
+            best_val_loss: None,
+            last_val_loss: None,
+            model,
+            train,
+            tokenizer,
+            data,
+            elapsed_s: 0.0,
+            nonfinite_skipped: 0,
+        }
+    }
+}
+
 /// The checkpoint directory `path` refers to: itself if it holds `state.json`, else its
 /// `ckpt-latest/` (or `ckpt-latest.old/`, left by a crash in the middle of a swap).
 pub fn resolve(path: &Path) -> Result<PathBuf> {

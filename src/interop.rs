@@ -206,23 +206,16 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let train = Preset::Small.train();
     let opt = AdamW::new(&vs, &train); // zero moments, step 0
-    let state = State {
-        format_version: checkpoint::FORMAT_VERSION,
-        step: 0,
-        tokens_seen: 0,
-        best_val_loss: None,
-        last_val_loss: None,
-        model: cfg.clone(),
+    let state = State::new(
+        cfg.clone(),
         train,
-        tokenizer: Tokenizer::default(),
+        Tokenizer::default(),
         // nanoGPT trains on its own .bin token files: there is no corpus folder to name.
-        data: DataSpec {
+        DataSpec {
             root: PathBuf::new(),
             ext: "txt".into(),
         },
-        elapsed_s: 0.0,
-        nonfinite_skipped: 0,
-    };
+    );
     let checkpoint = checkpoint::save_atomically(run_dir, LATEST, &vs, &opt, &state)?;
     Ok(ImportReport {
         checkpoint,

@@ -11,6 +11,7 @@
 
 use crate::metrics::Record;
 use crate::{Error, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -245,6 +246,18 @@ fn save(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> DrawResult) -
     root.present().map_err(|e| plot_error(path, e))
 }
 
+/// The picture's title, top left.
+fn draw_title(area: &Area, title: &str) -> DrawResult {
+    text(
+        area,
+        title,
+        (8, 8),
+        18.0,
+        Pos::new(HPos::Left, VPos::Top),
+        FontFamily::SansSerif,
+    )
+}
+
 /// One layer's attention, a grid of its heads: `att` (H, T, T), `labels` the T tokens.
 /// Row `q` of a head is what position `q` attends to; grey cells are masked (future).
 pub fn attention_grid(path: &Path, att: &Tensor, labels: &[String], title: &str) -> Result<()> {
@@ -254,14 +267,7 @@ pub fn attention_grid(path: &Path, att: &Tensor, labels: &[String], title: &str)
     let (pw, ph) = panel_size(t, cell);
     let cols = n_head.clamp(1, GRID_COLS);
     save(path, attention_grid_size(n_head, t), |root| {
-        text(
-            root,
-            title,
-            (8, 8),
-            18.0,
-            Pos::new(HPos::Left, VPos::Top),
-            FontFamily::SansSerif,
-        )?;
+        draw_title(root, title)?;
         for (h, w) in maps.iter().enumerate() {
             let (col, row) = (h as u32 % cols, h as u32 / cols);
             let origin = ((col * pw) as i32, (TITLE + row * ph) as i32);
@@ -276,14 +282,7 @@ pub fn attention_map(path: &Path, att: &Tensor, labels: &[String], title: &str) 
     let maps = checked_maps(&att.unsqueeze(0), labels, path)?;
     let t = labels.len() as u32;
     save(path, attention_map_size(t), |root| {
-        text(
-            root,
-            title,
-            (8, 8),
-            18.0,
-            Pos::new(HPos::Left, VPos::Top),
-            FontFamily::SansSerif,
-        )?;
+        draw_title(root, title)?;
         draw_panel(
             root,
             (0, TITLE as i32),
@@ -327,6 +326,83 @@ fn range(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
     (lo - pad * span, hi + pad * span)
 }
 
+/// Loss (y) against step or tokens seen (x), both as floats.
+type LossAxes<'a> =
+    ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One half of the loss chart: loss from `y_lo` to `y_hi` against x from 0 to `x_max`,
+/// with room for tick labels on three sides (none without fonts) and the caption.
+fn loss_axes<'a>(
+    area: &Area<'a>,
+    caption: &str,
+    x_max: f64,
+    (y_lo, y_hi): (f64, f64),
+) -> std::result::Result<LossAxes<'a>, String> {
+    let labels = fonts_available();
+    let (label_x, label_y) = if labels { (40, 64) } else { (0, 0) };
+    let mut b = ChartBuilder::on(area);
+    b.margin(12)
+        .x_label_area_size(label_x)
+        .y_label_area_size(label_y)
+        .right_y_label_area_size(label_y);
+    if labels {
+        b.caption(caption, ("sans-serif", 18));
+    }
+    b.build_cartesian_2d(0f64..x_max, y_lo..y_hi)
+        .map_err(|e| e.to_string())
+}
+
+/// The grid and the loss axes' names and tick labels (`x_ticks` reads an x value), or
+/// the bare grid without fonts. Drawn after any secondary axis is set, which takes the
+/// right-hand label room from the primary one.
+fn draw_loss_mesh(
+    chart: &mut LossAxes,
+    x_desc: &str,
+    x_ticks: &dyn Fn(&f64) -> String,
+) -> DrawResult {
+    let mut mesh = chart.configure_mesh();
+    if fonts_available() {
+        mesh.x_desc(x_desc)
+            .y_desc("loss (nats/char)")
+            .x_label_formatter(x_ticks);
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| e.to_string())
+}
+
+/// One run's losses against `x` of its records: train faint, validation bold with a dot
+/// per evaluation. The legend entries show only on a chart that draws its legend.
+fn draw_losses(
+    chart: &mut LossAxes,
+    run: &RunCurves,
+    color: RGBColor,
+    x: impl Fn(&Record) -> f64,
+) -> DrawResult {
+    let err = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let points = |loss: fn(&Record) -> Option<f64>| -> Vec<(f64, f64)> {
+        run.records
+            .iter()
+            .filter_map(|r| Some((x(r), loss(r)?)))
+            .collect()
+    };
+    let (train, val) = (points(|r| r.loss), points(|r| r.val_loss));
+    chart
+        .draw_series(LineSeries::new(train, color.mix(0.35).stroke_width(1)))
+        .map_err(err)?
+        .label(format!("{} train", run.label))
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.mix(0.35)));
+    chart
+        .draw_series(LineSeries::new(val.clone(), color.stroke_width(2)))
+        .map_err(err)?
+        .label(format!("{} val", run.label))
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart
+        .draw_series(val.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+        .map_err(err)?;
+    Ok(())
+}
+
 /// Train and validation loss against step (with the learning rate on a second axis)
 /// and, below, against tokens seen: runs with different batch sizes compare fairly
 /// only per token. One colour per run.
@@ -345,37 +421,20 @@ pub fn loss_chart(path: &Path, runs: &[RunCurves]) -> Result<()> {
     let max_tokens = all().map(|r| r.tokens_seen).max().unwrap_or(1).max(1) as f64;
     let max_lr = all().map(|r| r.lr).fold(0.0, f64::max).max(1e-12) * 1.05;
     let labels = fonts_available();
-    let (label_x, label_y) = if labels { (40, 64) } else { (0, 0) };
 
     save(path, LOSS_CHART_SIZE, |root| {
         let (upper, lower) = root.split_vertically(LOSS_CHART_SIZE.1 / 2);
         let err = |e: DrawingAreaErrorKind<_>| e.to_string();
 
         // Upper: loss and learning rate against step.
-        let mut b = ChartBuilder::on(&upper);
-        b.margin(12)
-            .x_label_area_size(label_x)
-            .y_label_area_size(label_y)
-            .right_y_label_area_size(label_y);
-        if labels {
-            b.caption(
-                "loss against step (dashed: learning rate, right axis)",
-                ("sans-serif", 18),
-            );
-        }
-        let mut chart = b
-            .build_cartesian_2d(0f64..max_step, y_lo..y_hi)
-            .map_err(err)?
-            .set_secondary_coord(0f64..max_step, 0f64..max_lr);
-        let mut mesh = chart.configure_mesh();
-        if labels {
-            mesh.x_desc("step")
-                .y_desc("loss (nats/char)")
-                .x_label_formatter(&|v: &f64| format!("{v:.0}"));
-        } else {
-            mesh.x_labels(0).y_labels(0);
-        }
-        mesh.draw().map_err(err)?;
+        let mut chart = loss_axes(
+            &upper,
+            "loss against step (dashed: learning rate, right axis)",
+            max_step,
+            (y_lo, y_hi),
+        )?
+        .set_secondary_coord(0f64..max_step, 0f64..max_lr);
+        draw_loss_mesh(&mut chart, "step", &|v: &f64| format!("{v:.0}"))?;
         let mut secondary = chart.configure_secondary_axes();
         if labels {
             secondary
@@ -387,32 +446,8 @@ pub fn loss_chart(path: &Path, runs: &[RunCurves]) -> Result<()> {
         secondary.draw().map_err(err)?;
         for (i, run) in runs.iter().enumerate() {
             let color = RUN_COLORS[i % RUN_COLORS.len()];
-            let train: Vec<(f64, f64)> = run
-                .records
-                .iter()
-                .filter_map(|r| Some((r.step as f64, r.loss?)))
-                .collect();
-            let val: Vec<(f64, f64)> = run
-                .records
-                .iter()
-                .filter_map(|r| Some((r.step as f64, r.val_loss?)))
-                .collect();
+            draw_losses(&mut chart, run, color, |r| r.step as f64)?;
             let lr: Vec<(f64, f64)> = run.records.iter().map(|r| (r.step as f64, r.lr)).collect();
-            chart
-                .draw_series(LineSeries::new(train, color.mix(0.35).stroke_width(1)))
-                .map_err(err)?
-                .label(format!("{} train", run.label))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.mix(0.35)));
-            chart
-                .draw_series(LineSeries::new(val.clone(), color.stroke_width(2)))
-                .map_err(err)?
-                .label(format!("{} val", run.label))
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(val.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-                .map_err(err)?;
             chart
                 .draw_secondary_series(DashedLineSeries::new(
                     lr,
@@ -435,47 +470,11 @@ pub fn loss_chart(path: &Path, runs: &[RunCurves]) -> Result<()> {
         }
 
         // Lower: loss against tokens seen.
-        let mut b = ChartBuilder::on(&lower);
-        b.margin(12)
-            .x_label_area_size(label_x)
-            .y_label_area_size(label_y)
-            .right_y_label_area_size(label_y);
-        if labels {
-            b.caption("loss against tokens seen", ("sans-serif", 18));
-        }
-        let mut chart = b
-            .build_cartesian_2d(0f64..max_tokens, y_lo..y_hi)
-            .map_err(err)?;
-        let mut mesh = chart.configure_mesh();
-        if labels {
-            mesh.x_desc("tokens seen")
-                .y_desc("loss (nats/char)")
-                .x_label_formatter(&|v: &f64| compact(*v));
-        } else {
-            mesh.x_labels(0).y_labels(0);
-        }
-        mesh.draw().map_err(err)?;
+        let mut chart = loss_axes(&lower, "loss against tokens seen", max_tokens, (y_lo, y_hi))?;
+        draw_loss_mesh(&mut chart, "tokens seen", &|v: &f64| compact(*v))?;
         for (i, run) in runs.iter().enumerate() {
             let color = RUN_COLORS[i % RUN_COLORS.len()];
-            let train: Vec<(f64, f64)> = run
-                .records
-                .iter()
-                .filter_map(|r| Some((r.tokens_seen as f64, r.loss?)))
-                .collect();
-            let val: Vec<(f64, f64)> = run
-                .records
-                .iter()
-                .filter_map(|r| Some((r.tokens_seen as f64, r.val_loss?)))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(train, color.mix(0.35).stroke_width(1)))
-                .map_err(err)?;
-            chart
-                .draw_series(LineSeries::new(val.clone(), color.stroke_width(2)))
-                .map_err(err)?;
-            chart
-                .draw_series(val.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-                .map_err(err)?;
+            draw_losses(&mut chart, run, color, |r| r.tokens_seen as f64)?;
         }
         Ok(())
     })

@@ -159,22 +159,15 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
     let n_workers = check_workers(opts.workers, cfg)?;
     let mut workers = DataParallel::new(cfg, opts.device, &opt, n_workers);
     let schedule = LrSchedule::new(tcfg);
-    let mut state = State {
-        format_version: checkpoint::FORMAT_VERSION,
-        step: 0,
-        tokens_seen: 0,
-        best_val_loss: None,
-        last_val_loss: None,
-        model: cfg.clone(),
-        train: tcfg.clone(),
-        tokenizer: tokenizer.clone(),
-        data: DataSpec {
+    let mut state = State::new(
+        cfg.clone(),
+        tcfg.clone(),
+        tokenizer.clone(),
+        DataSpec {
             root: opts.data.clone(),
             ext: opts.ext.clone(),
         },
-        elapsed_s: 0.0,
-        nonfinite_skipped: 0,
-    };
+    );
     if opts.resume {
         let dir = checkpoint::resolve(&opts.out)?;
         let saved = checkpoint::read_state(&dir)?;

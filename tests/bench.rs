@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run, stderr, stdout};
+use common::{run, stderr, stdout, TINY};
 use serde_json::Value;
 use std::sync::Mutex;
 use sympathy::config::{ModelConfig, Preset};
@@ -267,25 +267,15 @@ fn bench_matmul_json_has_a_peak() {
     assert_eq!(best, peak, "the peak is the best size's median");
 }
 
+/// The JSON of `sympathy bench train` on the CPU for the tiny preset cut to one layer
+/// (to run fast), plus `extra`.
+fn bench_train_json(extra: &[&str]) -> Value {
+    json(&[&["bench", "train", "--json", "--n-layer", "1"], TINY, extra].concat())
+}
+
 #[test]
 fn bench_train_json_reports_the_stable_fields() {
-    let v = json(&[
-        "bench",
-        "train",
-        "--json",
-        "--preset",
-        "tiny",
-        "--n-layer",
-        "1",
-        "--batch-size",
-        "4",
-        "--steps",
-        "3",
-        "--warmup",
-        "1",
-        "--device",
-        "cpu",
-    ]);
+    let v = bench_train_json(&["--batch-size", "4", "--steps", "3", "--warmup", "1"]);
     for f in [
         "tokens_per_s",
         "peak_gflops",
@@ -298,14 +288,12 @@ fn bench_train_json_reports_the_stable_fields() {
         positive(&v, f);
     }
     // The products' efficiency is their FLOPs over their time, against the same peak.
+    let cfg = ModelConfig {
+        n_layer: 1,
+        ..Preset::Tiny.model(131)
+    };
     let efficiency = positive(&v, "matmul_efficiency");
-    let products = sympathy::matmul_floor::matmul_flops(
-        &ModelConfig {
-            n_layer: 1,
-            ..Preset::Tiny.model(131)
-        },
-        4,
-    );
+    let products = sympathy::matmul_floor::matmul_flops(&cfg, 4);
     let gflops = products / (v["ms_matmuls"].as_f64().unwrap() / 1e3) / 1e9;
     let peak = v["peak_gflops"].as_f64().unwrap();
     assert!((efficiency - gflops / peak).abs() <= 1e-9 * efficiency);
@@ -315,10 +303,6 @@ fn bench_train_json_reports_the_stable_fields() {
         "a tiny model cannot use the whole machine: mfu {mfu}"
     );
     // The figures agree with each other and with the config asked for.
-    let cfg = ModelConfig {
-        n_layer: 1,
-        ..Preset::Tiny.model(131)
-    };
     assert_eq!(
         v["flops_per_token"].as_f64().unwrap(),
         flops_per_token(&cfg)
@@ -345,23 +329,7 @@ fn bench_train_json_reports_the_stable_fields() {
 /// and the optimizer's tensor-op path that CUDA takes.
 #[test]
 fn bench_train_runs_in_bf16() {
-    let v = json(&[
-        "bench",
-        "train",
-        "--json",
-        "--preset",
-        "tiny",
-        "--n-layer",
-        "1",
-        "--steps",
-        "2",
-        "--warmup",
-        "1",
-        "--dtype",
-        "bf16",
-        "--device",
-        "cpu",
-    ]);
+    let v = bench_train_json(&["--steps", "2", "--warmup", "1", "--dtype", "bf16"]);
     assert_eq!(v["dtype"], "bf16");
     positive(&v, "tokens_per_s");
     positive(&v, "peak_gflops");

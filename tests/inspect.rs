@@ -280,6 +280,13 @@ fn distinct_colours(img: &(u32, u32, png::ColorType, Vec<u8>)) -> usize {
     seen.len()
 }
 
+/// The arguments of `sympathy explain --checkpoint CHECKPOINT --prompt PROMPT EXTRA...`.
+fn explain_args<'a>(checkpoint: &'a str, prompt: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["explain", "--checkpoint", checkpoint, "--prompt", prompt];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn pngs_decode_with_the_expected_size_and_show_the_weights() {
     let (_, run_dir) = tiny_run();
@@ -287,15 +294,7 @@ fn pngs_decode_with_the_expected_size_and_show_the_weights() {
     let run_s = run_dir.to_str().unwrap();
     let out_s = out.to_str().unwrap();
     let prompt = "print(x)"; // 8 tokens
-    let o = run(&[
-        "explain",
-        "--checkpoint",
-        run_s,
-        "--prompt",
-        prompt,
-        "--out",
-        out_s,
-    ]);
+    let o = run(&explain_args(run_s, prompt, &["--out", out_s]));
     assert!(o.status.success(), "{}", stderr(&o));
     let (n_layer, n_head) = (2, 2);
     for l in 0..n_layer {
@@ -304,19 +303,11 @@ fn pngs_decode_with_the_expected_size_and_show_the_weights() {
         assert!(distinct_colours(&img) > 8, "layer {l} looks blank");
     }
 
-    let o = run(&[
-        "explain",
-        "--checkpoint",
+    let o = run(&explain_args(
         run_s,
-        "--prompt",
         prompt,
-        "--layer",
-        "1",
-        "--head",
-        "1",
-        "--out",
-        out_s,
-    ]);
+        &["--layer", "1", "--head", "1", "--out", out_s],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     let img = decode_png(&out.join("attention-layer1-head1.png"));
     assert_eq!((img.0, img.1), plot::attention_map_size(8));
@@ -362,52 +353,14 @@ fn bad_input_gets_a_one_line_error() {
     let (corpus, run_dir) = tiny_run();
     let run_s = run_dir.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (explain_args(run_s, "x", &["--layer", "9"]), "--layer"),
         (
-            vec![
-                "explain",
-                "--checkpoint",
-                run_s,
-                "--prompt",
-                "x",
-                "--layer",
-                "9",
-            ],
-            "--layer",
-        ),
-        (
-            vec![
-                "explain",
-                "--checkpoint",
-                run_s,
-                "--prompt",
-                "x",
-                "--layer",
-                "0",
-                "--head",
-                "5",
-            ],
+            explain_args(run_s, "x", &["--layer", "0", "--head", "5"]),
             "--head",
         ),
+        (explain_args(run_s, "x", &["--top-k", "0"]), "--top-k"),
         (
-            vec![
-                "explain",
-                "--checkpoint",
-                run_s,
-                "--prompt",
-                "x",
-                "--top-k",
-                "0",
-            ],
-            "--top-k",
-        ),
-        (
-            vec![
-                "explain",
-                "--checkpoint",
-                "/nonexistent/run",
-                "--prompt",
-                "x",
-            ],
+            explain_args("/nonexistent/run", "x", &[]),
             "/nonexistent/run",
         ),
         (

@@ -304,22 +304,15 @@ fn hf_export_has_gpt2_layout_and_pytorch_reads_the_same_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let (vs, _, cfg) = fixture_model(tmp.path());
     let train = fixture_train_config();
-    let state = State {
-        format_version: checkpoint::FORMAT_VERSION,
-        step: 0,
-        tokens_seen: 0,
-        best_val_loss: None,
-        last_val_loss: None,
-        model: cfg,
-        train: train.clone(),
-        tokenizer: Tokenizer::default(),
-        data: DataSpec {
+    let state = State::new(
+        cfg,
+        train.clone(),
+        Tokenizer::default(),
+        DataSpec {
             root: PathBuf::new(),
             ext: "py".into(),
         },
-        elapsed_s: 0.0,
-        nonfinite_skipped: 0,
-    };
+    );
     let run = tmp.path().join("run");
     checkpoint::save_atomically(&run, LATEST, &vs, &AdamW::new(&vs, &train), &state).unwrap();
     let x = read(&fixtures().join("parity.safetensors"))
@@ -373,19 +366,20 @@ fn check_imported(run: &Path) -> Tensor {
     x
 }
 
+/// `sympathy import --from nanogpt SOURCE --out OUT`, plus `extra`.
+fn import_nanogpt(source: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let (source, out) = (source.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec!["import", "--from", "nanogpt", source, "--out", out];
+    args.extend_from_slice(extra);
+    common::run(&args)
+}
+
 #[test]
 fn nanogpt_import_remaps_the_vocabulary_and_keeps_the_logits() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     let converted = fixtures().join("nanogpt/converted");
-    let o = common::run(&[
-        "import",
-        "--from",
-        "nanogpt",
-        converted.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let o = import_nanogpt(&converted, &run, &[]);
     assert!(o.status.success(), "import failed: {}", common::stderr(&o));
     assert!(
         common::stderr(&o).contains("104 of sympathy's 131 ids are not in the nanoGPT vocabulary")
@@ -399,18 +393,16 @@ fn nanogpt_import_remaps_the_vocabulary_and_keeps_the_logits() {
     };
     let nano = fixtures().join("nanogpt");
     let run_pt = tmp.path().join("run_pt");
-    let o = common::run(&[
-        "import",
-        "--from",
-        "nanogpt",
-        nano.join("ckpt.pt").to_str().unwrap(),
-        "--meta",
-        nano.join("meta.pkl").to_str().unwrap(),
-        "--out",
-        run_pt.to_str().unwrap(),
-        "--python",
-        py.to_str().unwrap(),
-    ]);
+    let o = import_nanogpt(
+        &nano.join("ckpt.pt"),
+        &run_pt,
+        &[
+            "--meta",
+            nano.join("meta.pkl").to_str().unwrap(),
+            "--python",
+            py.to_str().unwrap(),
+        ],
+    );
     assert!(
         o.status.success(),
         "import of ckpt.pt failed: {}",
@@ -473,14 +465,7 @@ fn nanogpt_import_refuses_what_sympathy_cannot_hold_in_one_line() {
     ];
     for (dir, message) in cases {
         let out = dir.join("run");
-        let o = common::run(&[
-            "import",
-            "--from",
-            "nanogpt",
-            dir.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = import_nanogpt(&dir, &out, &[]);
         let err = common::stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{message}: {err}");
         assert!(
@@ -492,16 +477,8 @@ fn nanogpt_import_refuses_what_sympathy_cannot_hold_in_one_line() {
     // An existing run is never overwritten.
     let run = tmp.path().join("run");
     let converted = fixtures().join("nanogpt/converted");
-    let args = [
-        "import",
-        "--from",
-        "nanogpt",
-        converted.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ];
-    assert!(common::run(&args).status.success());
-    let o = common::run(&args);
+    assert!(import_nanogpt(&converted, &run, &[]).status.success());
+    let o = import_nanogpt(&converted, &run, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         common::stderr(&o).contains("--out: "),

@@ -8,9 +8,10 @@
 
 mod common;
 
-use common::{run, stderr, sympathy, write_corpus};
+use common::{run, stderr, sympathy, write_corpus, TINY};
 use rand::{Rng, SeedableRng};
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -85,13 +86,41 @@ fn train(corpus: &Path, out: &Path, extra: &[&str]) -> Output {
     train_cmd(corpus, out, extra).output().unwrap()
 }
 
-fn resume(out: &Path, extra: &[&str]) -> Output {
-    sympathy()
-        .args(["train", "--resume", "--device", "cpu", "--out"])
+/// `sympathy train --resume` of the run in `out` on the CPU, plus `extra`.
+fn resume_cmd(out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = sympathy();
+    cmd.args(["train", "--resume", "--device", "cpu", "--out"])
         .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
+        .args(extra);
+    cmd
+}
+
+fn resume(out: &Path, extra: &[&str]) -> Output {
+    resume_cmd(out, extra).output().unwrap()
+}
+
+/// `sympathy train` of the tiny preset on the CPU, plus `extra` (no other flags, so the
+/// caller's `--max-steps` sets the schedule).
+fn tiny_cmd(corpus: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = sympathy();
+    cmd.args(["train", "--data", s(corpus), "--out", s(out)])
+        .args(TINY)
+        .args(extra);
+    cmd
+}
+
+/// A reference-flag run stopped at `step`, in a fresh scratch folder named `name`.
+/// Returns the run folder and the (successful) output.
+fn run_stopped_at(name: &str, step: &str) -> (PathBuf, Output) {
+    let run = scratch(name).join("run");
+    let o = train(&fixture().corpus, &run, &["--stop-at-step", step]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (run, o)
+}
+
+/// The bytes of the latest checkpoint's weights in `run`, to compare across runs.
+fn latest_weights(run: &Path) -> Vec<u8> {
+    fs::read(run.join("ckpt-latest/model.safetensors")).unwrap()
 }
 
 fn s(p: &Path) -> &str {
@@ -190,10 +219,8 @@ fn wait_with_stderr(child: Child) -> (ExitStatus, String) {
 #[test]
 fn stop_and_resume_is_bit_identical_to_a_straight_run() {
     let f = fixture();
-    let run = scratch("resume").join("run");
     // --stop-at-step pauses without touching the LR schedule (--max-steps 40 defines it).
-    let o = train(&f.corpus, &run, &["--stop-at-step", "20"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (run, o) = run_stopped_at("resume", "20");
     assert!(
         stderr(&o).contains("stopped at step 20 as --stop-at-step asked; continue with: sympathy train --resume --out"),
         "{}",
@@ -214,14 +241,11 @@ fn stop_and_resume_is_bit_identical_to_a_straight_run() {
     assert_same_run(&f.straight, &run);
 
     // Already at --max-steps: nothing to do, nothing changed.
-    let before = fs::read(run.join("ckpt-latest/model.safetensors")).unwrap();
+    let before = latest_weights(&run);
     let o = resume(&run, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("nothing to do"));
-    assert_eq!(
-        fs::read(run.join("ckpt-latest/model.safetensors")).unwrap(),
-        before
-    );
+    assert_eq!(latest_weights(&run), before);
 }
 
 #[test]
@@ -261,9 +285,7 @@ fn sigkill_at_random_moments_always_leaves_a_resumable_checkpoint() {
         let mut cmd = if kills == 0 {
             train_cmd(&f.corpus, &run, &["--checkpoint-every", "1"])
         } else {
-            let mut c = sympathy();
-            c.args(["train", "--resume", "--device", "cpu", "--out", s(&run)]);
-            c
+            resume_cmd(&run, &[])
         };
         let mut child = cmd
             .stdout(Stdio::null())
@@ -337,30 +359,28 @@ fn a_checkpoint_caught_mid_swap_still_loads() {
     assert_eq!(load_valid(&best), best_step);
 }
 
-/// Starts a long run (a schedule of 100000 steps), stderr piped.
+/// The schedule of a long run: more steps than any test lets it reach.
+const LONG_RUN: &[&str] = &["--max-steps", "100000"];
+
+/// Starts a long run, stderr piped.
 fn spawn_long_run(corpus: &Path, run: &Path, extra: &[&str]) -> Child {
-    sympathy()
-        .args(["train", "--data", s(corpus), "--out", s(run)])
-        .args([
-            "--preset",
-            "tiny",
-            "--device",
-            "cpu",
-            "--max-steps",
-            "100000",
-        ])
-        .args(extra)
+    tiny_cmd(corpus, run, &[LONG_RUN, extra].concat())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
 }
 
-/// A long run that has logged a few steps.
-fn start_long_run(corpus: &Path, run: &Path) -> Child {
-    let mut child = spawn_long_run(corpus, run, &[]);
+/// Sends `sig` to a long run once it has logged a few steps, and checks that the run
+/// exits with `code` and leaves a valid checkpoint. Returns that checkpoint's step and
+/// the run's stderr.
+fn signal_long_run(run: &Path, sig: libc::c_int, code: i32) -> (u64, String) {
+    let mut child = spawn_long_run(&fixture().corpus, run, &[]);
     wait_until(&mut child, "three steps", || metric_lines(run) >= 3);
-    child
+    signal(&child, sig);
+    let (status, err) = wait_with_stderr(child);
+    assert_eq!(status.code(), Some(code), "{err}");
+    (load_valid(run), err)
 }
 
 #[test]
@@ -368,11 +388,7 @@ fn sigint_finishes_the_step_checkpoints_and_exits_130_and_the_resume_is_exact() 
     let f = fixture();
     let dir = scratch("sigint");
     let run = dir.join("run");
-    let child = start_long_run(&f.corpus, &run);
-    signal(&child, libc::SIGINT);
-    let (status, err) = wait_with_stderr(child);
-    assert_eq!(status.code(), Some(130), "{err}");
-    let step = load_valid(&run);
+    let (step, err) = signal_long_run(&run, libc::SIGINT, 130);
     assert_eq!(
         metric_lines(&run) as u64,
         step,
@@ -393,35 +409,21 @@ fn sigint_finishes_the_step_checkpoints_and_exits_130_and_the_resume_is_exact() 
     let o = resume(&run, &["--stop-at-step", &target]);
     assert!(o.status.success(), "{}", stderr(&o));
     let straight = dir.join("straight");
-    let o = sympathy()
-        .args(["train", "--data", s(&f.corpus), "--out", s(&straight)])
-        .args([
-            "--preset",
-            "tiny",
-            "--device",
-            "cpu",
-            "--max-steps",
-            "100000",
-        ])
-        .args(["--stop-at-step", &target])
-        .output()
-        .unwrap();
+    let o = tiny_cmd(
+        &f.corpus,
+        &straight,
+        &[LONG_RUN, &["--stop-at-step", &target]].concat(),
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        fs::read(run.join("ckpt-latest/model.safetensors")).unwrap(),
-        fs::read(straight.join("ckpt-latest/model.safetensors")).unwrap()
-    );
+    assert_eq!(latest_weights(&run), latest_weights(&straight));
 }
 
 #[test]
 fn sigterm_checkpoints_and_exits_143() {
-    let f = fixture();
     let run = scratch("sigterm").join("run");
-    let child = start_long_run(&f.corpus, &run);
-    signal(&child, libc::SIGTERM);
-    let (status, err) = wait_with_stderr(child);
-    assert_eq!(status.code(), Some(143), "{err}");
-    let step = load_valid(&run);
+    let (step, err) = signal_long_run(&run, libc::SIGTERM, 143);
     assert!(
         err.contains(&format!("stopped by SIGTERM after step {step}")),
         "{err}"
@@ -530,10 +532,7 @@ fn non_finite_steps_are_skipped_then_training_stops_with_the_last_good_weights()
     let stop = (first_bad - 1).to_string();
     let o = train(&f.corpus, &good, &["--lr", "1e6", "--stop-at-step", &stop]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        fs::read(run.join("ckpt-latest/model.safetensors")).unwrap(),
-        fs::read(good.join("ckpt-latest/model.safetensors")).unwrap()
-    );
+    assert_eq!(latest_weights(&run), latest_weights(&good));
 
     // The command the message suggests works, and says what it changes.
     let target = (last_bad + 2).to_string();
@@ -545,11 +544,8 @@ fn non_finite_steps_are_skipped_then_training_stops_with_the_last_good_weights()
 
 #[test]
 fn a_checkpoint_with_nan_weights_is_never_written() {
-    let f = fixture();
-    let run = scratch("nan-save").join("run");
-    let o = train(&f.corpus, &run, &["--stop-at-step", "2"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let before = fs::read(run.join("ckpt-latest/model.safetensors")).unwrap();
+    let (run, _) = run_stopped_at("nan-save", "2");
+    let before = latest_weights(&run);
     let loaded = checkpoint::load(&run, Device::Cpu).unwrap();
     let opt = sympathy::optim::AdamW::new(&loaded.vs, &loaded.state.train);
     tch::no_grad(|| {
@@ -562,10 +558,7 @@ fn a_checkpoint_with_nan_weights_is_never_written() {
         e.contains("not written: tensor ln_f.weight holds NaN or infinite values; the previous checkpoint is intact"),
         "{e}"
     );
-    assert_eq!(
-        fs::read(run.join("ckpt-latest/model.safetensors")).unwrap(),
-        before
-    );
+    assert_eq!(latest_weights(&run), before);
     assert!(!run.join("ckpt-latest.tmp").exists());
 
     // For real: an LR so large that AdamW's step size overflows f32 turns finite weights
@@ -579,10 +572,7 @@ fn a_checkpoint_with_nan_weights_is_never_written() {
             "(step 2); lower --lr",
         ],
     );
-    assert_eq!(
-        fs::read(run.join("ckpt-latest/model.safetensors")).unwrap(),
-        before
-    );
+    assert_eq!(latest_weights(&run), before);
     assert_eq!(load_valid(&run), 2);
 }
 
@@ -605,14 +595,17 @@ fn assert_user_error(o: &Output, needles: &[&str]) -> String {
     errors[0].to_string()
 }
 
+/// A tiny run of one step (unless `extra` sets `--max-steps`): enough to reach every
+/// check of the input.
 fn train_tiny(corpus: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["train", "--data", s(corpus), "--out", s(out)];
-    args.extend_from_slice(&["--preset", "tiny", "--device", "cpu"]);
-    if !extra.contains(&"--max-steps") {
-        args.extend_from_slice(&["--max-steps", "1"]);
-    }
-    args.extend_from_slice(extra);
-    run(&args)
+    let steps: &[&str] = if extra.contains(&"--max-steps") {
+        &[]
+    } else {
+        &["--max-steps", "1"]
+    };
+    tiny_cmd(corpus, out, &[steps, extra].concat())
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -671,10 +664,13 @@ fn corpus_problems_are_named() {
     );
 }
 
+/// The user and group ids a child runs as; `None`: this process's own.
+type RunAs = Option<(u32, u32)>;
+
 /// How to run a child to which file permissions apply. Root reads and writes through
 /// chmod 000, so as root children run as `nobody` (uid/gid 65534): `Some(Some(ids))`.
 /// Not root: `Some(None)`, as is. `None`: root that may not switch user.
-fn unprivileged() -> Option<Option<(u32, u32)>> {
+fn unprivileged() -> Option<RunAs> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some(None);
@@ -687,15 +683,27 @@ fn unprivileged() -> Option<Option<(u32, u32)>> {
     ok.then_some(Some((65534, 65534)))
 }
 
-fn as_nobody(mut cmd: Command, ids: Option<(u32, u32)>) -> Command {
+fn as_nobody(mut cmd: Command, ids: RunAs) -> Command {
     if let Some((uid, gid)) = ids {
         cmd.uid(uid).gid(gid);
     }
     cmd
 }
 
+/// For a test of file permissions: the user its children run as (see `unprivileged`), a
+/// fresh scratch folder named `name` and a corpus of `n_files` files in it. `None`, said
+/// on stderr, where such a test cannot run.
+fn permission_scratch(name: &str, n_files: usize) -> Option<(RunAs, PathBuf, PathBuf)> {
+    let Some(ids) = unprivileged() else {
+        eprintln!("skipped: running as root without the right to switch user");
+        return None;
+    };
+    let dir = scratch(name);
+    let corpus = write_corpus(&dir.join("corpus"), n_files);
+    Some((ids, dir, corpus))
+}
+
 fn open_to_all(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
     for entry in walkdir::WalkDir::new(path) {
         let entry = entry.unwrap();
         fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o777)).unwrap();
@@ -704,13 +712,9 @@ fn open_to_all(path: &Path) {
 
 #[test]
 fn unreadable_corpus_files_are_skipped_and_counted() {
-    let Some(ids) = unprivileged() else {
-        eprintln!("skipped: running as root without the right to switch user");
+    let Some((ids, dir, corpus)) = permission_scratch("unreadable", 3) else {
         return;
     };
-    use std::os::unix::fs::PermissionsExt;
-    let dir = scratch("unreadable");
-    let corpus = write_corpus(&dir.join("corpus"), 3);
     fs::write(corpus.join("aa_secret.py"), "x = 1\n").unwrap();
     open_to_all(&dir);
     fs::set_permissions(
@@ -718,9 +722,7 @@ fn unreadable_corpus_files_are_skipped_and_counted() {
         fs::Permissions::from_mode(0o000),
     )
     .unwrap();
-    let mut cmd = sympathy();
-    cmd.args(["train", "--data", s(&corpus), "--out", s(&dir.join("out"))])
-        .args(["--preset", "tiny", "--device", "cpu", "--max-steps", "1"]);
+    let cmd = tiny_cmd(&corpus, &dir.join("out"), &["--max-steps", "1"]);
     let o = as_nobody(cmd, ids).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -732,42 +734,17 @@ fn unreadable_corpus_files_are_skipped_and_counted() {
 
 #[test]
 fn an_unwritable_run_dir_fails_the_due_checkpoint_and_keeps_the_previous_one() {
-    let Some(ids) = unprivileged() else {
-        eprintln!("skipped: running as root without the right to switch user");
+    let Some((ids, dir, corpus)) = permission_scratch("readonly", 6) else {
         return;
     };
-    use std::os::unix::fs::PermissionsExt;
-    let dir = scratch("readonly");
-    let corpus = write_corpus(&dir.join("corpus"), 6);
     let run = dir.join("run");
     open_to_all(&dir);
-    let mut cmd = sympathy();
-    cmd.args(["train", "--data", s(&corpus), "--out", s(&run)])
-        .args([
-            "--preset",
-            "tiny",
-            "--device",
-            "cpu",
-            "--max-steps",
-            "20",
-            "--stop-at-step",
-            "4",
-        ]);
+    let cmd = tiny_cmd(&corpus, &run, &["--max-steps", "20", "--stop-at-step", "4"]);
     let o = as_nobody(cmd, ids).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let before = fs::read(run.join("ckpt-latest/model.safetensors")).unwrap();
+    let before = latest_weights(&run);
     fs::set_permissions(&run, fs::Permissions::from_mode(0o555)).unwrap();
-    let mut cmd = sympathy();
-    cmd.args([
-        "train",
-        "--resume",
-        "--device",
-        "cpu",
-        "--checkpoint-every",
-        "2",
-        "--out",
-        s(&run),
-    ]);
+    let cmd = resume_cmd(&run, &["--checkpoint-every", "2"]);
     let o = as_nobody(cmd, ids).output().unwrap();
     fs::set_permissions(&run, fs::Permissions::from_mode(0o777)).unwrap();
     assert_user_error(
@@ -781,33 +758,17 @@ fn an_unwritable_run_dir_fails_the_due_checkpoint_and_keeps_the_previous_one() {
             ),
         ],
     );
-    assert_eq!(
-        fs::read(run.join("ckpt-latest/model.safetensors")).unwrap(),
-        before
-    );
+    assert_eq!(latest_weights(&run), before);
     assert_eq!(load_valid(&run), 4);
 }
 
 #[test]
 fn a_full_disk_fails_the_due_checkpoint_and_keeps_the_previous_one() {
-    let f = fixture();
-    let run = scratch("disk-full").join("run");
-    let o = train(&f.corpus, &run, &["--stop-at-step", "3"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let before = fs::read(run.join("ckpt-latest/model.safetensors")).unwrap();
+    let (run, _) = run_stopped_at("disk-full", "3");
+    let before = latest_weights(&run);
     // RLIMIT_FSIZE makes writes past 200 kB fail (EFBIG), as a full disk does (ENOSPC):
     // model.safetensors (~120 kB) fits, optimizer.safetensors (~240 kB) does not.
-    let mut cmd = sympathy();
-    cmd.args([
-        "train",
-        "--resume",
-        "--device",
-        "cpu",
-        "--checkpoint-every",
-        "2",
-        "--out",
-        s(&run),
-    ]);
+    let mut cmd = resume_cmd(&run, &["--checkpoint-every", "2"]);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
@@ -838,10 +799,7 @@ fn a_full_disk_fails_the_due_checkpoint_and_keeps_the_previous_one() {
         !run.join("ckpt-latest.tmp").exists(),
         "the partial checkpoint is removed"
     );
-    assert_eq!(
-        fs::read(run.join("ckpt-latest/model.safetensors")).unwrap(),
-        before
-    );
+    assert_eq!(latest_weights(&run), before);
     assert_eq!(load_valid(&run), 3);
 }
 
@@ -988,74 +946,53 @@ fn resume_flags_that_contradict_the_checkpoint_are_named() {
 fn flag_problems_are_named() {
     let f = fixture();
     let out = scratch("flags").join("out");
-    for (flags, needles) in [
+    // Each case: the flags, split at spaces, and what the one error line must say.
+    for (flags, needle) in [
+        ("--n-embd 0", "--n-embd: must be positive, got 0"),
+        ("--n-layer -2", "--n-layer: must be positive, got -2"),
+        ("--batch-size 0", "--batch-size: must be positive"),
+        ("--block-size -1", "--block-size: must be positive, got -1"),
+        ("--max-steps 0", "--max-steps: must be at least 1"),
+        ("--max-steps -5", "invalid value '-5' for '--max-steps"),
         (
-            &["--n-embd", "0"][..],
-            &["--n-embd: must be positive, got 0"][..],
+            "--checkpoint-every 0",
+            "--checkpoint-every: must be at least 1",
         ),
         (
-            &["--n-layer", "-2"],
-            &["--n-layer: must be positive, got -2"],
+            "--n-embd 30 --n-head 4",
+            "--n-embd: 30 is not divisible by --n-head 4",
         ),
-        (&["--batch-size", "0"], &["--batch-size: must be positive"]),
+        ("--lr -0.1", "--lr: must be a positive number"),
         (
-            &["--block-size", "-1"],
-            &["--block-size: must be positive, got -1"],
+            "--grad-clip -1",
+            "--grad-clip: must be 0 or a positive number",
         ),
-        (&["--max-steps", "0"], &["--max-steps: must be at least 1"]),
-        (
-            &["--max-steps", "-5"],
-            &["invalid value '-5' for '--max-steps"],
-        ),
-        (
-            &["--checkpoint-every", "0"],
-            &["--checkpoint-every: must be at least 1"],
-        ),
-        (
-            &["--n-embd", "30", "--n-head", "4"],
-            &["--n-embd: 30 is not divisible by --n-head 4"],
-        ),
-        (&["--lr", "-0.1"], &["--lr: must be a positive number"]),
-        (
-            &["--grad-clip", "-1"],
-            &["--grad-clip: must be 0 or a positive number"],
-        ),
-        (&["--dropout", "1"], &["--dropout: must be in [0, 1)"]),
-        (
-            &["--no-such-flag"],
-            &["unexpected argument '--no-such-flag'"],
-        ),
+        ("--dropout 1", "--dropout: must be in [0, 1)"),
+        ("--no-such-flag", "unexpected argument '--no-such-flag'"),
     ] {
-        assert_user_error(&train_tiny(&f.corpus, &out, flags), needles);
+        let flags: Vec<&str> = flags.split(' ').collect();
+        assert_user_error(&train_tiny(&f.corpus, &out, &flags), &[needle]);
     }
     let ckpt = &f.straight;
-    for (flags, needles) in [
+    for (flags, needle) in [
+        ("--top-p 0", "--top-p: must be in (0, 1], got 0"),
+        ("--top-p 1.5", "--top-p: must be in (0, 1], got 1.5"),
+        ("--top-k 0", "--top-k: must be at least 1"),
         (
-            &["--top-p", "0"][..],
-            &["--top-p: must be in (0, 1], got 0"][..],
+            "--temperature -1",
+            "--temperature: must be 0 (greedy) or positive",
         ),
         (
-            &["--top-p", "1.5"],
-            &["--top-p: must be in (0, 1], got 1.5"],
+            "--block-size 17",
+            "--block-size: 17 must be between 1 and the model's context 16",
         ),
-        (&["--top-k", "0"], &["--top-k: must be at least 1"]),
-        (
-            &["--temperature", "-1"],
-            &["--temperature: must be 0 (greedy) or positive"],
-        ),
-        (
-            &["--block-size", "17"],
-            &["--block-size: 17 must be between 1 and the model's context 16"],
-        ),
-        (
-            &["--block-size", "0"],
-            &["--block-size: 0 must be between 1"],
-        ),
+        ("--block-size 0", "--block-size: 0 must be between 1"),
     ] {
-        assert_user_error(
-            &generate(ckpt, &[&["--prompt", "x"], flags].concat()),
-            needles,
-        );
+        let flags: Vec<&str> = ["--prompt", "x"]
+            .into_iter()
+            .chain(flags.split(' '))
+            .collect();
+        assert_user_error(&generate(ckpt, &flags), &[needle]);
     }
     assert_user_error(
         &run(&[
