@@ -9,7 +9,7 @@ and then `sympathy import --from nanogpt OUT` is the two-step path, for a machin
 the checkpoint and sympathy do not share a python.
 
 This script only changes the container. Every check and every renaming (prefixes, the
-tied head, the vocabulary remap) is done by sympathy's src/interop.rs, so it is tested
+tied head, the vocabulary remap) is done by sympathy's src/interop/nanogpt.rs, so it is tested
 in Rust without Python.
 
 Neither file is unpickled with arbitrary code: the checkpoint is read with

@@ -15,7 +15,7 @@
 //! now backed by slices of one allocation. Then
 //! - zeroing all gradients is one `fill`, the global gradient norm one `norm`, clipping
 //!   one `mul_`;
-//! - on the CPU in fp32 the update is the loop in [`update_range`], written out, that
+//! - on the CPU in fp32 the update is the loop in `update_range`, written out, that
 //!   reads and writes each element of θ, g, m and v once (split over the intra-op
 //!   threads), instead of eight passes;
 //! - elsewhere (CUDA, bf16) it is the reference's ops once over the whole buffer.
