@@ -198,6 +198,17 @@ fn last_logits(logits: &Tensor) -> Vec<Vec<f32>> {
     flat.chunks(v as usize).map(<[f32]>::to_vec).collect()
 }
 
+/// Logits (V,) -> a `Vec` on the CPU (no conversion calls when they already are fp32
+/// CPU values, as in a CPU decode step).
+fn logits_vec(logits: &Tensor) -> Vec<f32> {
+    let on_cpu = if logits.device() == Device::Cpu && logits.kind() == Kind::Float {
+        logits.shallow_clone()
+    } else {
+        logits.to_kind(Kind::Float).to_device(Device::Cpu)
+    };
+    Vec::<f32>::try_from(on_cpu).expect("logits are a float vector")
+}
+
 /// Equal-length token rows -> ids (B, T) on `device`.
 fn ids_tensor(rows: &[&[TokenId]], device: Device) -> Tensor {
     let t = rows.first().map_or(0, |r| r.len()) as i64;
@@ -375,6 +386,10 @@ fn next_logits(
         let keep = tail(context_shift_keep(block));
         cache.clear();
         last_logits(&model.forward_cached(&ids_tensor(&keep, device), cache))
+    } else if contexts.len() == 1 {
+        // Decode one sequence: the fast path for its newest token.
+        let token = *contexts[0].last().expect("contexts are never empty") as i64;
+        vec![logits_vec(&model.decode_one(token, cache))]
     } else {
         // Decode: only the newest token; its keys and values join the cache.
         last_logits(&model.forward_cached(&ids_tensor(&tail(1), device), cache))

@@ -8,26 +8,28 @@
 //! [`crate::model::Gpt::forward_cached`] (as candle does), never state hidden in the
 //! model, so the uncached forward stays the reference it is tested against.
 //!
-//! Each layer's keys and values live in buffers allocated once at full size,
-//! `(B, H, capacity, D)`; a step writes its new positions in place and attention reads
-//! the filled prefix `0..len` as a view. Growing by concatenation instead would copy the
-//! whole cache at every token (O(T²) bytes over a window) and churn the allocator; a
-//! profile of a one-token step showed that copy at ~5 % of its time. (llama.cpp and
-//! Hugging Face's `StaticCache` preallocate for the same reason.)
+//! Each layer's keys and values live in one buffer allocated once at full size,
+//! `(2, B, H, capacity, D)`: keys at index 0, values at 1. A step writes its new
+//! positions in place, with one copy for both (they arrive together from the fused qkv
+//! projection), and attention reads the filled prefix `0..len` as views. Growing by
+//! concatenation instead would copy the whole cache at every token (O(T²) bytes over a
+//! window) and churn the allocator; a profile of a one-token step showed that copy at
+//! ~5 % of its time. (llama.cpp and Hugging Face's `StaticCache` preallocate for the
+//! same reason.)
 
 use tch::Tensor;
 
-/// One layer's keys and values: buffers (B, H, capacity, D) of which the first `len`
-/// positions are filled.
+/// One layer's keys and values: a buffer (2, B, H, capacity, D) of which the first
+/// `len` positions are filled.
 #[derive(Debug)]
 pub struct LayerCache {
-    kv: Option<(Tensor, Tensor)>,
+    kv: Option<Tensor>,
     len: i64,
     capacity: i64,
 }
 
 impl LayerCache {
-    /// An empty layer cache for at most `capacity` positions; the buffers are allocated
+    /// An empty layer cache for at most `capacity` positions; the buffer is allocated
     /// on first use, when the batch size, device and dtype are known.
     pub fn new(capacity: i64) -> Self {
         LayerCache {
@@ -46,42 +48,46 @@ impl LayerCache {
         self.len == 0
     }
 
-    /// The cached keys and values, each (B, H, len, D), as views of the buffers.
+    /// The cached keys and values, each (B, H, len, D), as views of the buffer.
     pub fn get(&self) -> Option<(Tensor, Tensor)> {
-        self.kv
-            .as_ref()
-            .map(|(k, v)| (k.narrow(2, 0, self.len), v.narrow(2, 0, self.len)))
+        self.kv.as_ref().map(|kv| split(&kv.narrow(3, 0, self.len)))
     }
 
-    /// Writes the new positions' k, v (B, H, T_new, D) after the cached ones and returns
-    /// views of all of them, (B, H, len + T_new, D).
-    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
-        let (b, h, t_new, d) = k.size4().expect("keys are (B, H, T, D)");
+    /// Writes the new positions' keys and values, stacked as (2, B, H, T_new, D), after
+    /// the cached ones and returns views of all of them, each (B, H, len + T_new, D).
+    pub fn append(&mut self, kv_new: &Tensor) -> (Tensor, Tensor) {
+        let size = kv_new.size();
+        let [two, b, h, t_new, d] = size[..] else {
+            panic!("new keys and values are (2, B, H, T, D), got {size:?}")
+        };
         assert!(
             self.len + t_new <= self.capacity,
             "{t_new} new positions overflow a cache of {} holding {}",
             self.capacity,
             self.len
         );
-        let fits = |buf: &Tensor| buf.size() == [b, h, self.capacity, d];
-        if !self.kv.as_ref().is_some_and(|(kb, _)| fits(kb)) {
+        let full = [two, b, h, self.capacity, d];
+        if self.kv.as_ref().is_none_or(|buf| buf.size() != full) {
             assert_eq!(self.len, 0, "the batch changed shape under a filled cache");
-            let alloc = || Tensor::zeros([b, h, self.capacity, d], (k.kind(), k.device()));
-            self.kv = Some((alloc(), alloc()));
+            self.kv = Some(Tensor::zeros(full, (kv_new.kind(), kv_new.device())));
         }
-        let (kb, vb) = self.kv.as_ref().expect("allocated above");
-        kb.narrow(2, self.len, t_new).copy_(k); // in place: (B, H, len..len+T_new, D)
-        vb.narrow(2, self.len, t_new).copy_(v);
+        let buf = self.kv.as_ref().expect("allocated above");
+        buf.narrow(3, self.len, t_new).copy_(kv_new); // in place: positions len..len+T_new
         self.len += t_new;
-        (kb.narrow(2, 0, self.len), vb.narrow(2, 0, self.len))
+        split(&buf.narrow(3, 0, self.len))
     }
 
     /// Keeps the batch rows `rows` (a 1-D Int64 index), in that order.
     fn select_rows(&mut self, rows: &Tensor) {
-        if let Some((k, v)) = self.kv.take() {
-            self.kv = Some((k.index_select(0, rows), v.index_select(0, rows)));
+        if let Some(kv) = self.kv.take() {
+            self.kv = Some(kv.index_select(1, rows));
         }
     }
+}
+
+/// (2, …) -> the keys and the values, as views.
+fn split(kv: &Tensor) -> (Tensor, Tensor) {
+    (kv.get(0), kv.get(1))
 }
 
 /// The cache of every layer plus the next position to fill. Every batch row sits at
@@ -128,7 +134,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.kv.as_ref())
-            .map_or(0, |(k, _)| k.size()[0])
+            .map_or(0, |kv| kv.size()[1])
     }
 
     pub fn layers(&self) -> &[LayerCache] {

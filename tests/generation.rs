@@ -84,7 +84,8 @@ fn cached_in_chunks(model: &Gpt, x: &Tensor, chunks: &[i64]) -> Tensor {
 /// For prompts of length 1, a few lengths in between and one filling the context, the
 /// cached logits equal the uncached ones at every position, whether the prompt is
 /// prefilled at once, fed one token at a time, or in uneven chunks (a chunk after a
-/// cached prefix exercises the shifted causal mask).
+/// cached prefix exercises the shifted causal mask), and so do those of
+/// `Gpt::decode_one`, the one-sequence decode path, fed one token at a time.
 fn assert_cache_matches(model: &Gpt, prompts: &[Vec<Vec<i64>>], min_logit_std: f64) {
     let block = model.config().block_size;
     let _guard = tch::no_grad_guard();
@@ -109,6 +110,14 @@ fn assert_cache_matches(model: &Gpt, prompts: &[Vec<Vec<i64>>], min_logit_std: f
                 "T={t} (block {block}), chunks {chunks:?}: max |cached - uncached| = {diff}"
             );
         }
+        // The one-sequence fast path, token by token from an empty cache, on row 0.
+        let mut cache = model.new_cache();
+        let steps: Vec<Tensor> = rows[0]
+            .iter()
+            .map(|&id| model.decode_one(id, &mut cache)) // (V,) each
+            .collect();
+        let diff = max_abs_diff(&Tensor::stack(&steps, 0), &reference.get(0));
+        assert!(diff <= TOL, "T={t}: max |decode_one - uncached| = {diff}");
     }
 }
 

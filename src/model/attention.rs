@@ -38,16 +38,15 @@ impl CausalSelfAttention {
         }
     }
 
-    /// (B, T, C) -> q, k, v, each (B, H, T, D).
-    fn qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// (B, T, C) -> q, k, v stacked: (3, B, H, T, D).
+    fn qkv(&self, x: &Tensor) -> Tensor {
         let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
         let d = c / self.n_head;
         // One view and one permute instead of a split and three reshapes: in a decode
         // step every libtorch call costs about a microsecond, as much as the arithmetic.
-        let qkv = project(x, &self.c_attn)
+        project(x, &self.c_attn)
             .view([b, t, 3, self.n_head, d]) // (B, T, 3C) -> (B, T, 3, H, D)
-            .permute([2, 0, 3, 1, 4]); // -> (3, B, H, T, D)
-        (qkv.get(0), qkv.get(1), qkv.get(2))
+            .permute([2, 0, 3, 1, 4]) // -> (3, B, H, T, D)
     }
 
     /// (B, H, T, D) -> (B, T, C), then the output projection (and residual dropout).
@@ -60,13 +59,14 @@ impl CausalSelfAttention {
     /// x: (B, T, C) -> (B, T, C). With a cache, `x` holds only the new positions; their
     /// keys and values are appended to the cache and the queries attend to all of them.
     pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
-        let (q, k, v) = self.qkv(x);
+        let qkv = self.qkv(x);
+        let q = qkv.get(0);
         let t_new = q.size()[2];
         let (k, v, t_past) = match cache {
-            None => (k, v, 0),
+            None => (qkv.get(1), qkv.get(2), 0),
             Some(cache) => {
                 let t_past = cache.len();
-                let (k, v) = cache.append(&k, &v); // (B, H, T_past + T, D)
+                let (k, v) = cache.append(&qkv.narrow(0, 1, 2)); // (B, H, T_past + T, D)
                 (k, v, t_past)
             }
         };
@@ -98,11 +98,33 @@ impl CausalSelfAttention {
         self.merge(y, train)
     }
 
+    /// One decode step of one sequence: x (C,), the newest position's normalised
+    /// residual -> (C,). The same arithmetic as `forward` on a (1, 1, C) input with a
+    /// cache, in fewer library calls (see `Gpt::decode_one`).
+    pub fn decode_one(&self, x: &Tensor, cache: &mut LayerCache) -> Tensor {
+        let c = x.size()[0];
+        let d = c / self.n_head;
+        // For B = T = 1 the (3C,) projection already is (3, B, H, T, D) in memory.
+        let qkv = project(x, &self.c_attn).view([3, 1, self.n_head, 1, d]);
+        let (k, v) = cache.append(&qkv.narrow(0, 1, 2)); // (1, H, T_past + 1, D)
+        let y = Tensor::scaled_dot_product_attention::<Tensor>(
+            &qkv.get(0),
+            &k,
+            &v,
+            None,
+            0.0,
+            false, // the one query is the newest position: it may see every key
+            None,
+            false,
+        ); // (1, H, 1, D)
+        project(&y.view([c]), &self.c_proj)
+    }
+
     /// The same as `forward` without a cache, through the written-out reference kernel;
     /// also returns the attention weights, (B, H, T, T), rows summing to 1.
     pub fn forward_traced(&self, x: &Tensor) -> (Tensor, Tensor) {
-        let (q, k, v) = self.qkv(x);
-        let (y, att) = attention_reference(&q, &k, &v);
+        let qkv = self.qkv(x);
+        let (y, att) = attention_reference(&qkv.get(0), &qkv.get(1), &qkv.get(2));
         (self.merge(y, false), att)
     }
 }

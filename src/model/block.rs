@@ -32,6 +32,12 @@ impl Block {
         &x + self.mlp.forward(&self.ln_2.forward(&x), train)
     }
 
+    /// One decode step of one sequence: x (C,) -> (C,) (see `Gpt::decode_one`).
+    pub fn decode_one(&self, x: &Tensor, cache: &mut LayerCache) -> Tensor {
+        let x = x + self.attn.decode_one(&self.ln_1.forward(x), cache);
+        &x + self.mlp.forward(&self.ln_2.forward(&x), false)
+    }
+
     /// As `forward` (eval mode, no cache), also returning the attention weights (B, H, T, T).
     pub fn forward_traced(&self, x: &Tensor) -> (Tensor, Tensor) {
         let (a, att) = self.attn.forward_traced(&self.ln_1.forward(x));
