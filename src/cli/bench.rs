@@ -80,8 +80,8 @@ pub(crate) struct BenchGenerateArgs {
     /// Runs per measurement; the fastest counts.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Intra-op CPU threads [default: libtorch's, the number of physical cores]; one-token
-    /// decode steps are too small to split, so small models often decode faster with 1.
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores]; with 1,
+    /// neither path splits its ops, so the speed-up measures the cache alone.
     #[arg(long)]
     threads: Option<i32>,
     #[arg(long, value_enum, default_value = "auto")]

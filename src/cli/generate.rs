@@ -52,8 +52,8 @@ pub(crate) struct GenerateArgs {
     /// Do not stop at the end-of-file token; generate until --max-tokens or --stop.
     #[arg(long)]
     ignore_eos: bool,
-    /// Intra-op CPU threads [default: libtorch's, the number of physical cores]; small
-    /// models often decode faster with 1.
+    /// Intra-op CPU threads [default: libtorch's, the number of physical cores]; on a
+    /// machine busy with other work, small models often decode faster with 1.
     #[arg(long)]
     threads: Option<i32>,
     #[arg(long, value_enum, default_value = "auto")]
