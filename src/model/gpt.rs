@@ -112,7 +112,7 @@ impl Gpt {
     /// so little arithmetic that the ~140 library calls it makes cost as much as the
     /// arithmetic. Here the residual stream is a (C,) vector: the embeddings are two
     /// row selections (no id tensor), the projections matrix-vector products with no
-    /// reshapes around them, the head one more (no (B, T, V) logits to slice), ~90
+    /// reshapes around them, the head one more (no (B, T, V) logits to slice), ~80
     /// calls in all. `tests/generation.rs` holds it to `forward` at every position.
     pub fn decode_one(&self, token: i64, cache: &mut KvCache) -> Tensor {
         assert!(
