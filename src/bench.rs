@@ -12,7 +12,7 @@
 //! phase, since kernels are queued and return at once.
 
 use crate::config::{ModelConfig, TrainConfig};
-use crate::data_parallel::DataParallel;
+use crate::data_parallel::{one_thread_each, DataParallel};
 use crate::flops;
 use crate::matmul_floor::{matmul_floor_ms, matmul_flops};
 use crate::model::Gpt;
@@ -140,23 +140,10 @@ pub fn matmul_gflops_per_core(
     runs: usize,
 ) -> MatmulRun {
     let barrier = Barrier::new(workers);
-    let threads_before = tch::get_num_threads();
-    let per_worker: Vec<Vec<f64>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    tch::set_num_threads(1);
-                    timed_products(Device::Cpu, dtype, n, warmup, runs, Some(barrier))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a matmul thread panicked"))
-            .collect()
-    });
-    tch::set_num_threads(threads_before);
+    let jobs: Vec<_> = (0..workers)
+        .map(|_| || timed_products(Device::Cpu, dtype, n, warmup, runs, Some(&barrier)))
+        .collect();
+    let per_worker = one_thread_each(jobs);
     let slowest: Vec<f64> = (0..runs)
         .map(|i| per_worker.iter().map(|t| t[i]).fold(0.0, f64::max))
         .collect();
@@ -239,9 +226,8 @@ pub struct TrainBench {
     pub warmup: usize,
     pub device: Device,
     pub dtype: Dtype,
-    /// Data-parallel workers (see [`crate::data_parallel`]); 1 = intra-op threads
-    /// only; `None` = 1, training's default.
-    pub workers: Option<usize>,
+    /// Data-parallel workers (see [`crate::data_parallel`]); 1 = intra-op threads only.
+    pub workers: usize,
 }
 
 /// The `bench train --json` object. Field names are stable: scripts read them.
@@ -302,9 +288,7 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
     }
     let mut opt = AdamW::new(&vs, tcfg);
     let mut model = model;
-    let workers = b
-        .workers
-        .map_or(Ok(1), |w| crate::data_parallel::check_workers(w, cfg))?;
+    let workers = crate::data_parallel::check_workers(b.workers, cfg)?;
     let mut dp = DataParallel::new(cfg, device, &opt, workers);
     let n_params: i64 = vs
         .trainable_variables()

@@ -73,6 +73,31 @@ pub fn check_workers(workers: usize, cfg: &ModelConfig) -> Result<usize> {
     Ok(workers)
 }
 
+/// Runs every job at once, each on a thread of its own with one intra-op thread (that
+/// thread's OpenMP and MKL setting), and returns their results in order. Setting it
+/// also lowers the default that later threads start from, so the caller's count is
+/// restored at the end.
+pub(crate) fn one_thread_each<T: Send>(jobs: Vec<impl FnOnce() -> T + Send>) -> Vec<T> {
+    let threads_before = tch::get_num_threads();
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                s.spawn(move || {
+                    tch::set_num_threads(1);
+                    job()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a worker thread panicked"))
+            .collect()
+    });
+    tch::set_num_threads(threads_before);
+    results
+}
+
 impl DataParallel {
     /// `workers` in all, the caller's model being the first: builds `workers - 1`
     /// replicas of a `cfg` model on `device` that share `opt`'s weights.
@@ -113,39 +138,26 @@ impl DataParallel {
         let n = (self.workers() as i64).min(b);
         // Rows per worker: as even as can be, the first ones taking the remainder.
         let rows = |i: i64| b / n + i64::from(i < b % n);
-        let threads_before = tch::get_num_threads();
-        let mut models: Vec<&mut Gpt> = std::iter::once(model)
+        let mut start = 0;
+        let jobs: Vec<_> = std::iter::once(model)
             .chain(self.replicas.iter_mut().map(|r| &mut r.model))
             .take(n as usize)
+            .enumerate()
+            .map(|(i, m)| {
+                let len = rows(i as i64);
+                let (xs, ys) = (x.narrow(0, start, len), y.narrow(0, start, len));
+                start += len;
+                let weight = scale * len as f64 / b as f64;
+                move || {
+                    let t0 = Instant::now();
+                    let loss = Gpt::loss(&m.forward(&xs, true), &ys) * weight;
+                    let ms = t0.elapsed().as_secs_f64() * 1e3;
+                    loss.backward();
+                    (loss.detach(), ms)
+                }
+            })
             .collect();
-        let results: Vec<(Tensor, f64)> = std::thread::scope(|s| {
-            let mut start = 0;
-            let handles: Vec<_> = models
-                .iter_mut()
-                .enumerate()
-                .map(|(i, m)| {
-                    let len = rows(i as i64);
-                    let (xs, ys) = (x.narrow(0, start, len), y.narrow(0, start, len));
-                    start += len;
-                    let weight = scale * len as f64 / b as f64;
-                    s.spawn(move || {
-                        // One intra-op thread (this thread's OpenMP and MKL setting).
-                        tch::set_num_threads(1);
-                        let t0 = Instant::now();
-                        let loss = Gpt::loss(&m.forward(&xs, true), &ys) * weight;
-                        let ms = t0.elapsed().as_secs_f64() * 1e3;
-                        loss.backward();
-                        (loss.detach(), ms)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a worker panicked"))
-                .collect()
-        });
-        // The workers lowered the default that new threads start from; restore it.
-        tch::set_num_threads(threads_before);
+        let results = one_thread_each(jobs);
         for r in self.replicas.iter_mut().take(n as usize - 1) {
             opt.absorb_grads(&mut r.grad);
         }

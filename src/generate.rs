@@ -188,18 +188,15 @@ impl Row<'_> {
 /// The last position's logits of `logits` (B, T, V), one `Vec` of V per row, on the CPU.
 fn last_logits(logits: &Tensor) -> Vec<Vec<f32>> {
     let (_, t, v) = logits.size3().expect("logits are (B, T, V)");
-    let last = logits
-        .select(1, t - 1) // (B, T, V) -> (B, V)
-        .to_kind(Kind::Float)
-        .to_device(Device::Cpu)
-        .contiguous()
-        .view([-1]);
-    let flat = Vec::<f32>::try_from(last).expect("logits are a float tensor");
-    flat.chunks(v as usize).map(<[f32]>::to_vec).collect()
+    let last = logits.select(1, t - 1).contiguous().view([-1]); // (B, T, V) -> (B·V,)
+    logits_vec(&last)
+        .chunks(v as usize)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
-/// Logits (V,) -> a `Vec` on the CPU (no conversion calls when they already are fp32
-/// CPU values, as in a CPU decode step).
+/// Logits, one dimension -> a `Vec` on the CPU (no conversion calls when they already
+/// are fp32 CPU values, as in a CPU decode step).
 fn logits_vec(logits: &Tensor) -> Vec<f32> {
     let on_cpu = if logits.device() == Device::Cpu && logits.kind() == Kind::Float {
         logits.shallow_clone()

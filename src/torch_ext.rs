@@ -61,12 +61,6 @@ impl Drop for InferenceMode {
     }
 }
 
-/// Runs `f` in inference mode.
-pub fn inference_mode<T>(f: impl FnOnce() -> T) -> T {
-    let _guard = InferenceMode::enter();
-    f()
-}
-
 /// Whether ops with a oneDNN path (GELU; bf16 matmuls on the CPU) take it, for the
 /// whole process; libtorch's default is yes. See the module docs for when not to.
 pub fn set_onednn(enabled: bool) {
@@ -88,13 +82,17 @@ mod tests {
     #[test]
     fn inference_mode_covers_its_scope_and_nests() {
         let w = Tensor::ones([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-        inference_mode(|| {
+        {
+            let _outer = InferenceMode::enter();
             let x = &w * 2.0;
             assert!(x.is_inference() && !x.requires_grad());
-            inference_mode(|| assert!((&w * 3.0).is_inference()));
+            {
+                let _inner = InferenceMode::enter();
+                assert!((&w * 3.0).is_inference());
+            }
             // Leaving the inner guard keeps the outer one.
             assert!((&w * 4.0).is_inference());
-        });
+        }
         // Outside, autograd records again.
         let y = &w * 2.0;
         assert!(!y.is_inference() && y.requires_grad());

@@ -55,10 +55,10 @@ pub(crate) struct BenchTrainArgs {
     /// Intra-op CPU threads [default: libtorch's, the number of physical cores].
     #[arg(long)]
     threads: Option<i32>,
-    /// Data-parallel workers, each on a slice of the batch with one thread
-    /// [default: 1, libtorch's intra-op threads alone].
-    #[arg(long)]
-    workers: Option<usize>,
+    /// Data-parallel workers, each on a slice of the batch with one thread (1 =
+    /// libtorch's intra-op threads alone).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,

@@ -41,33 +41,20 @@ pub(crate) fn linear(
 
 /// `x Wᵀ + b` for x (…, n_in) -> (…, n_out), what `x.apply(lin)` computes.
 ///
-/// A decode step of one sequence has a single row. libtorch's `linear` still runs it as
-/// a (1, n_in) × (n_in, n_out) matrix product, which first packs the transposed weight
-/// into a scratch buffer; the matrix-vector kernel (`addmv`) reads the weight once as
-/// stored, which took a 192 -> 576 projection from ~13 µs to ~7 µs on our 2-core CPU.
-/// At this size the weights stream from cache once per token, so that is the whole cost.
+/// A decode step of one sequence ([`Gpt::decode_one`]) passes one vector, x (n_in,).
+/// libtorch's `linear` would run it as a (1, n_in) × (n_in, n_out) matrix product, which
+/// first packs the transposed weight into a scratch buffer; the matrix-vector kernel
+/// (`addmv`) reads the weight once as stored, which took a 192 -> 576 projection from
+/// ~13 µs to ~7 µs on our 2-core CPU. At this size the weights stream from cache once per
+/// token, so that is the whole cost.
 pub(crate) fn project(x: &Tensor, lin: &nn::Linear) -> Tensor {
-    if x.dim() == 1 {
-        // Already a vector (`Gpt::decode_one`): no reshapes around the product.
-        return match &lin.bs {
-            Some(b) => b.addmv(&lin.ws, x),
-            None => lin.ws.mv(x),
-        };
-    }
-    let mut shape = x.size();
-    let n_in = *shape
-        .last()
-        .expect("a Linear input has a feature dimension");
-    if x.numel() as i64 != n_in {
+    if x.dim() != 1 {
         return x.apply(lin);
     }
-    let row = x.reshape([n_in]);
-    let y = match &lin.bs {
-        Some(b) => b.addmv(&lin.ws, &row),
-        None => lin.ws.mv(&row),
-    };
-    *shape.last_mut().expect("checked above") = lin.ws.size()[0];
-    y.view(shape.as_slice())
+    match &lin.bs {
+        Some(b) => b.addmv(&lin.ws, x),
+        None => lin.ws.mv(x),
+    }
 }
 
 /// Dropout during training, the identity otherwise. libtorch's `dropout` returns its
@@ -122,7 +109,7 @@ mod tests {
     use tch::{Device, Kind};
 
     #[test]
-    fn project_equals_the_linear_layer_for_one_row_and_many() {
+    fn project_equals_the_linear_layer_for_a_vector_and_a_batch() {
         let vs = nn::VarStore::new(Device::Cpu);
         let cfg = Preset::Tiny.model(131);
         let mut lin = linear(vs.root() / "l", 32, 96, &cfg, INIT_STD);
@@ -130,7 +117,7 @@ mod tests {
         if let Some(b) = lin.bs.as_mut() {
             let _ = tch::no_grad(|| b.uniform_(-1.0, 1.0));
         }
-        for shape in [[1, 1, 32], [3, 5, 32]] {
+        for shape in [&[32][..], &[3, 5, 32]] {
             let x = Tensor::randn(shape, (Kind::Float, Device::Cpu));
             let (fast, reference) = (project(&x, &lin), x.apply(&lin));
             assert_eq!(fast.size(), reference.size());
