@@ -7,11 +7,13 @@ EMPTY     :=
 DEMO_FLAGS ?=
 RUN       := runs/default
 
-# torch-sys asks the venv's python where libtorch lives; build.rs embeds the rpath.
-export LIBTORCH_USE_PYTORCH := 1
+# torch-sys and build.rs take libtorch from the venv's torch package (found without
+# importing it: the CPU-only install cannot `import torch`); build.rs embeds the rpath.
+export LIBTORCH = $(shell [ -x $(VENV)/bin/python ] && $(VENV)/bin/python -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])")
+export LIBTORCH_CXX11_ABI := 1
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test build libtorch lint fixtures bench clean
+.PHONY: demo test build libtorch libtorch-full lint fixtures bench clean
 
 demo: build
 	@if [ -f $(RUN)/ckpt-latest/state.json ]; then \
@@ -22,7 +24,7 @@ demo: build
 	@printf '%s' '$(PROMPT)'
 	@$(BIN) generate --checkpoint $(RUN) --temperature 0 --max-tokens 60 --prompt '$(PROMPT)'
 
-test: libtorch
+test: libtorch-full
 	cargo test --release -- --test-threads=1
 
 build: libtorch
@@ -31,11 +33,16 @@ build: libtorch
 libtorch:
 	@bash scripts/setup_libtorch.sh
 
+# The tests and scripts that run PyTorch itself need what Python's `import torch` loads.
+libtorch-full:
+	@bash scripts/setup_libtorch.sh --full
+
 lint: libtorch
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
+	RUSTDOCFLAGS='-D warnings' cargo doc --release --no-deps
 
-fixtures: libtorch
+fixtures: libtorch-full
 	$(VENV)/bin/python scripts/make_fixtures.py
 
 clean:
