@@ -278,6 +278,9 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
         return Err(Error::config("--steps", "must be at least 1"));
     }
     let (cfg, tcfg, device) = (&b.model, &b.train, b.device);
+    let tokens = tcfg.batch_size * cfg.block_size;
+    let purpose = crate::memory::Use::Train { tokens };
+    crate::memory::check_fits(cfg, purpose, device == Device::Cpu)?;
     tch::manual_seed(tcfg.seed as i64);
     let mut vs = nn::VarStore::new(device);
     let model = Gpt::new(&vs.root(), cfg);

@@ -262,6 +262,12 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
     let file = dir.join("model.safetensors");
     let tensors = read_tensors(&file)?;
     check_dimensions(&tensors, &state.model, &file)?;
+    crate::memory::check_fits(
+        &state.model,
+        crate::memory::Use::Load,
+        device == Device::Cpu,
+    )
+    .map_err(|e| Error::checkpoint(&dir, e.to_string()))?;
     let vs = nn::VarStore::new(device);
     let model = Gpt::new(&vs.root(), &state.model);
     copy_into(&vs, &tensors, &file)?;

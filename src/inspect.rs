@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use tch::nn;
 
 /// Bytes per parameter and per activation: sympathy trains in fp32.
-pub const BYTES_PER_VALUE: u64 = 4;
+pub use crate::memory::BYTES_PER_VALUE;
 
 /// One parameter tensor.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -159,7 +159,7 @@ fn model_order(name: &str) -> (u8, i64, u8, bool, String) {
 /// PyTorch's saved-tensor hooks on the same architecture (4 layers, C=128, T=128): the
 /// estimate is within 0.5 % of what autograd keeps.
 pub fn activation_values(cfg: &ModelConfig) -> i64 {
-    cfg.n_layer * 16 * cfg.n_embd + 2 * cfg.n_embd + cfg.vocab_size
+    crate::memory::activation_values(cfg) as i64
 }
 
 /// Builds the report for the parameters in `vs` (a model shaped like `cfg`), for

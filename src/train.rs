@@ -12,9 +12,11 @@ use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{Batches, TokenStreams};
 use crate::data_parallel::{check_workers, DataParallel};
 use crate::flops;
+use crate::memory;
 use crate::metrics::{MetricsWriter, Record};
 use crate::model::Gpt;
 use crate::optim::{AdamW, LrSchedule};
+use crate::run_lock::RunLock;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, Step};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -112,6 +114,7 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         ));
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let _writer = RunLock::acquire(&opts.out)?; // held until training returns
     let has_checkpoint = checkpoint::resolve(&opts.out).is_ok();
     if has_checkpoint && !opts.resume {
         return Err(Error::config(
@@ -152,6 +155,12 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         checkpoint::check_model_file(&checkpoint::resolve(&opts.out)?, cfg)?;
     }
     // Initialisation is seeded too, so two runs with one seed start from the same weights.
+    let tokens = tcfg.batch_size * cfg.block_size;
+    memory::check_fits(
+        cfg,
+        memory::Use::Train { tokens },
+        opts.device == Device::Cpu,
+    )?;
     tch::manual_seed(tcfg.seed as i64);
     let vs = nn::VarStore::new(opts.device);
     let mut model = Gpt::new(&vs.root(), cfg);

@@ -125,7 +125,10 @@ fn fused_adamw_step_agrees_with_the_reference() {
         let step_size = zip_map(&before, &reference, |b, r| r - b);
         let weights = scale(&[&before, &reference, &step_size]);
         let ulps = worst_ulps(&reference, &snapshot(&vs), &weights);
-        assert!(ulps <= ULPS, "step {step}: weights differ by {ulps:.1} ulps");
+        assert!(
+            ulps <= ULPS,
+            "step {step}: weights differ by {ulps:.1} ulps"
+        );
         assert!(
             max_abs_diff(&before, &reference) > 1e-4,
             "step {step} moved the weights"
@@ -133,7 +136,10 @@ fn fused_adamw_step_agrees_with_the_reference() {
         // m' = β1·m + (1-β1)·g and v' = β2·v + (1-β2)·g²: bounded by old and new moment.
         let moments = scale(&[&state, &ref_state]);
         let ulps = worst_ulps(&ref_state, &opt.state_tensors(), &moments);
-        assert!(ulps <= ULPS, "step {step}: moments differ by {ulps:.1} ulps");
+        assert!(
+            ulps <= ULPS,
+            "step {step}: moments differ by {ulps:.1} ulps"
+        );
         opt.zero_grad();
     }
     assert!(clipped, "the clip was exercised");
@@ -175,10 +181,11 @@ fn zip_map(
 /// Element by element, the sum of the magnitudes of `parts` (in f64).
 fn scale(parts: &[&[(String, Tensor)]]) -> Vec<(String, Tensor)> {
     let abs = |t: &Tensor| t.to_kind(Kind::Double).abs();
-    parts[1..].iter().fold(
-        zip_map(parts[0], parts[0], |t, _| abs(t)),
-        |acc, part| zip_map(&acc, part, |a, t| a + abs(t)),
-    )
+    parts[1..]
+        .iter()
+        .fold(zip_map(parts[0], parts[0], |t, _| abs(t)), |acc, part| {
+            zip_map(&acc, part, |a, t| a + abs(t))
+        })
 }
 
 /// The largest |got − want| over all elements, in units of f32 epsilon × `scale`
@@ -188,7 +195,9 @@ fn worst_ulps(
     got: &[(String, Tensor)],
     scale: &[(String, Tensor)],
 ) -> f64 {
-    let diff = zip_map(want, got, |w, g| (w.to_kind(Kind::Double) - g.to_kind(Kind::Double)).abs());
+    let diff = zip_map(want, got, |w, g| {
+        (w.to_kind(Kind::Double) - g.to_kind(Kind::Double)).abs()
+    });
     zip_map(&diff, scale, |d, s| d / (s * f64::from(f32::EPSILON)))
         .iter()
         .map(|(_, r)| r.nan_to_num(0.0, None, None).max().double_value(&[]))

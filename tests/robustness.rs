@@ -664,6 +664,34 @@ fn corpus_problems_are_named() {
     );
 }
 
+#[test]
+fn a_model_too_large_for_this_machine_is_refused_before_allocating() {
+    let dir = scratch("too_large");
+    let corpus = write_corpus(&dir.join("corpus"), 3);
+    let huge = ["--n-embd", "1000000000", "--n-head", "1"];
+    let line = assert_user_error(
+        &train_tiny(&corpus, &dir.join("out"), &huge),
+        &[
+            "--n-embd",
+            "parameters",
+            "needs",
+            "GB for a training step",
+            "free",
+        ],
+    );
+    assert!(!dir.join("out/ckpt-latest").exists(), "{line}");
+    let o = common::run(&[
+        "inspect",
+        "--preset",
+        "tiny",
+        "--n-embd",
+        "1000000000",
+        "--n-head",
+        "1",
+    ]);
+    assert_user_error(&o, &["--n-embd", "GB for its weights"]);
+}
+
 /// The user and group ids a child runs as; `None`: this process's own.
 type RunAs = Option<(u32, u32)>;
 
@@ -927,7 +955,10 @@ fn resume_flags_that_contradict_the_checkpoint_are_named() {
     );
     assert_user_error(
         &resume(&f.straight, &["--preset", "small"]),
-        &["--preset: small describes another model"],
+        &[
+            "--preset: small gives n_layer 4, the checkpoint in",
+            "has 2; drop --preset",
+        ],
     );
     let fresh = scratch("resume-none").join("run");
     fs::create_dir_all(&fresh).unwrap();
@@ -940,6 +971,66 @@ fn resume_flags_that_contradict_the_checkpoint_are_named() {
         &train(&f.corpus, &f.straight, &[]),
         &["--out: ", "already holds a checkpoint; pass --resume"],
     );
+}
+
+#[test]
+fn the_command_that_started_a_run_resumes_it_with_resume_added() {
+    let dir = scratch("same-command");
+    let corpus = write_corpus(&dir.join("corpus"), 3);
+    let run = dir.join("run");
+    // A preset changed by model flags: the resumed model must equal the saved one.
+    let start = ["--n-embd", "64", "--dropout", "0.1", "--max-steps", "6"];
+    let o = tiny_cmd(
+        &corpus,
+        &run,
+        &[&start[..], &["--stop-at-step", "3"]].concat(),
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tiny_cmd(&corpus, &run, &[&start[..], &["--resume"]].concat())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("trained to step 6"), "{}", stderr(&o));
+    // A real contradiction is still named: tiny with n_embd 32 is not this model.
+    let other = ["--n-embd", "32", "--max-steps", "8", "--resume"];
+    assert_user_error(
+        &tiny_cmd(&corpus, &run, &other).output().unwrap(),
+        &[
+            "--preset: tiny gives n_embd 32, the checkpoint in",
+            "has 64",
+        ],
+    );
+}
+
+#[test]
+fn a_run_folder_has_one_writer_and_a_dead_writer_never_blocks() {
+    let f = fixture();
+    let run = scratch("one-writer").join("run");
+    let mut first = spawn_long_run(&f.corpus, &run, &["--checkpoint-every", "2"]);
+    wait_until(&mut first, "a checkpoint", || {
+        run.join("ckpt-latest/state.json").exists()
+    });
+    let line = assert_user_error(
+        &resume(&run, &[]),
+        &[
+            "--out: ",
+            &format!("is being written by process {}", first.id()),
+            "train.lock",
+        ],
+    );
+    // Readers are never blocked.
+    let o = common::run(&["inspect", "--checkpoint", s(&run)]);
+    assert!(o.status.success(), "{line}: {}", stderr(&o));
+    // kill -9 leaves the lock file but not the lock: the next run goes ahead.
+    signal(&first, libc::SIGKILL);
+    let _ = first.wait();
+    assert!(run.join("train.lock").exists());
+    let target = load_valid(&run) + 2;
+    let o = resume(&run, &["--stop-at-step", &target.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(load_valid(&run), target, "the second writer trained");
 }
 
 #[test]

@@ -94,6 +94,7 @@ pub(crate) fn cmd_inspect(args: InspectArgs) -> Result<()> {
         let mut cfg = preset.model(Tokenizer::default().vocab_size());
         args.model.apply(&mut cfg);
         cfg.validate()?;
+        sympathy::memory::check_fits(&cfg, sympathy::memory::Use::Build, true)?;
         let vs = tch::nn::VarStore::new(cpu);
         let _model = sympathy::model::Gpt::new(&vs.root(), &cfg);
         let name = format!("{preset:?}").to_lowercase();

@@ -9,6 +9,7 @@ use sympathy::checkpoint;
 use sympathy::config::{DeviceChoice, ModelConfig, Preset, TrainConfig};
 use sympathy::data;
 use sympathy::plot;
+use sympathy::run_lock::RunLock;
 use sympathy::tokenizer::Tokenizer;
 use sympathy::train::{self, StopCause, StopFlags, TrainOptions};
 
@@ -120,6 +121,11 @@ pub(crate) struct TrainFlags {
 pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     let device = args.device.resolve()?;
     let (mut model, mut tcfg, saved_data) = if args.resume {
+        if args.out.is_dir() {
+            // A folder another process is training into says so first, before its
+            // half-written state does; training takes the lock again for itself.
+            drop(RunLock::acquire(&args.out)?);
+        }
         let dir = checkpoint::resolve(&args.out)?;
         let state = checkpoint::read_state(&dir)?;
         check_resume_flags(&args, &state.model)?;
@@ -238,9 +244,13 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
 /// contradict it: the weights have the saved shape.
 fn check_resume_flags(args: &TrainArgs, saved: &ModelConfig) -> Result<()> {
     if let Some(preset) = args.preset {
-        if preset.model(saved.vocab_size) != *saved {
+        // The command that started the run, with --resume added, must resume it: compare
+        // the preset as the model flags modify it, not the bare preset.
+        let mut wanted = preset.model(saved.vocab_size);
+        args.model.apply(&mut wanted);
+        if let Some((field, want, have)) = first_difference(&wanted, saved) {
             let name = preset.to_possible_value().expect("presets have names");
-            bail!("--preset: {} describes another model than the checkpoint in {}; drop --preset to resume", name.get_name(), args.out.display());
+            bail!("--preset: {} gives {field} {want}, the checkpoint in {} has {have}; drop --preset to resume", name.get_name(), args.out.display());
         }
     }
     let m = &args.model;
@@ -255,6 +265,22 @@ fn check_resume_flags(args: &TrainArgs, saved: &ModelConfig) -> Result<()> {
         bail!("{flag}: {given} contradicts the checkpoint's {saved}; drop the flag to resume, or train a new --out");
     }
     Ok(())
+}
+
+/// The first field in which two model configs differ, with both values as text.
+fn first_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, String, String)> {
+    let text = |x: &dyn std::fmt::Display| x.to_string();
+    [
+        ("n_layer", text(&a.n_layer), text(&b.n_layer)),
+        ("n_head", text(&a.n_head), text(&b.n_head)),
+        ("n_embd", text(&a.n_embd), text(&b.n_embd)),
+        ("block_size", text(&a.block_size), text(&b.block_size)),
+        ("vocab_size", text(&a.vocab_size), text(&b.vocab_size)),
+        ("bias", text(&a.bias), text(&b.bias)),
+        ("dropout", text(&a.dropout), text(&b.dropout)),
+    ]
+    .into_iter()
+    .find(|(_, x, y)| x != y)
 }
 
 /// With --resume, training flags may change the run (a longer --max-steps, a lower --lr

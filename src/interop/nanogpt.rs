@@ -156,6 +156,7 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
         );
     tensors.insert("wte.weight".into(), remapped);
 
+    crate::memory::check_fits(&cfg, crate::memory::Use::Load, true)?;
     let vs = nn::VarStore::new(Device::Cpu);
     let _model = Gpt::new(&vs.root(), &cfg);
     let mut vars = vs.variables();

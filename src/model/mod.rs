@@ -129,7 +129,10 @@ mod tests {
             let excess = ((fast - reference).abs() - scale * (66.0 * f64::from(f32::EPSILON)))
                 .max()
                 .double_value(&[]);
-            assert!(excess <= 0.0, "{shape:?}: over the rounding bound by {excess}");
+            assert!(
+                excess <= 0.0,
+                "{shape:?}: over the rounding bound by {excess}"
+            );
         }
     }
 }
