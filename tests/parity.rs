@@ -3,8 +3,8 @@
 //! The fixtures in tests/fixtures/ were computed by scripts/make_fixtures.py with
 //! PyTorch (regenerate: `make fixtures`); these tests need no Python, except the two
 //! that hand files to PyTorch (a nanoGPT `.pt` to import, a Hugging Face export to
-//! read back), which run when `.venv/bin/python` exists (`make test` creates it) and
-//! otherwise print that they skipped.
+//! read back), which need `.venv/bin/python` with PyTorch (`make test` installs it) and
+//! fail with that advice without it.
 //!
 //! Tolerances, in fp32, as the largest difference relative to the largest reference
 //! value of the tensor (elementwise relative error is meaningless near zero):
@@ -216,17 +216,20 @@ fn ten_adamw_steps_match_pytorch() {
     println!("10 steps ({clipped} clipped): loss max rel diff {worst_loss:.2e}; weights max rel diff {:.2e} ({}); updates max rel diff {:.2e} ({})", worst.0, worst.1, worst_update.0, worst_update.1);
 }
 
-/// `.venv/bin/python` when it exists, with the note of a skip otherwise.
-fn venv_python(test: &str) -> Option<PathBuf> {
+/// `.venv/bin/python`, which must import PyTorch: `make test` installs it
+/// (`scripts/setup_libtorch.sh --full`). A missing piece fails the test with that advice.
+fn venv_python(test: &str) -> PathBuf {
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if py.is_file() {
-        Some(py)
-    } else {
-        println!(
-            "{test}: skipped the PyTorch half, no .venv/bin/python (`make libtorch` creates it)"
-        );
-        None
-    }
+    let imports = std::process::Command::new(&py)
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        imports,
+        "{test}: {} cannot `import torch`; run `make test`, or `scripts/setup_libtorch.sh --full`, which installs it",
+        py.display()
+    );
+    py
 }
 
 /// Exports `run` with the CLI, checks the layout in Rust, and, with Python, has
@@ -279,7 +282,7 @@ fn export_and_check(run: &Path, x: &Tensor, tmp: &Path, test: &str) {
         "HF's gelu is the exact erf GELU"
     );
 
-    let Some(py) = venv_python(test) else { return };
+    let py = venv_python(test);
     let logits = tch::no_grad(|| loaded.model.forward(x, false));
     let expected = tmp.join("expected.safetensors");
     Tensor::write_safetensors(&[("x", x), ("logits", &logits)], &expected).unwrap();
@@ -388,9 +391,7 @@ fn nanogpt_import_remaps_the_vocabulary_and_keeps_the_logits() {
     export_and_check(&run, &x, tmp.path(), "hf export (bias=false, imported)");
 
     // The same checkpoint from the .pt, through the converter compiled into the binary.
-    let Some(py) = venv_python("nanoGPT .pt import") else {
-        return;
-    };
+    let py = venv_python("nanoGPT .pt import");
     let nano = fixtures().join("nanogpt");
     let run_pt = tmp.path().join("run_pt");
     let o = import_nanogpt(
