@@ -62,5 +62,7 @@ for req in md.requires("torch") or []:
     print(req)
 PY
 )
-"${PIP[@]}" "${deps[@]}" "${CPU_CUDA_WHEELS[@]}" safetensors numpy
+# pip then lists the CUDA requirements it did not install as "conflicts": that is the
+# point of this install, so those lines are filtered out.
+"${PIP[@]}" "${deps[@]}" "${CPU_CUDA_WHEELS[@]}" safetensors numpy 2> >(grep -v -e "which is not installed" -e "dependency resolver does not" >&2)
 echo "setup: torch $TORCH_VERSION (CPU libraries) ready in $VENV; \`scripts/setup_libtorch.sh --full\` adds what Python's \`import torch\` needs" >&2
