@@ -241,34 +241,3 @@ impl TrainConfig {
         Ok(())
     }
 }
-
-/// Where tensors live. `auto` picks CUDA when libtorch sees a GPU, else the CPU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceChoice {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-impl DeviceChoice {
-    pub fn resolve(self) -> Result<tch::Device> {
-        // CUDA support is a library of its own, loaded only where a driver is (`cuda`).
-        let cuda = match self {
-            DeviceChoice::Cpu => Ok(()),
-            _ => crate::cuda::ensure_loaded(),
-        };
-        match self {
-            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
-            DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
-            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-            DeviceChoice::Cuda => Err(Error::config(
-                "--device",
-                format!(
-                    "cuda requested but libtorch sees no GPU{}; use --device cpu",
-                    cuda.err().map(|e| format!(" ({e})")).unwrap_or_default()
-                ),
-            )),
-        }
-    }
-}

@@ -15,11 +15,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use sympathy::checkpoint::{self, DataSpec, State, LATEST};
 use sympathy::config::{ModelConfig, Preset, TrainConfig};
 use sympathy::model::Gpt;
-use sympathy::optim::{AdamW, LrSchedule};
+use sympathy::run::checkpoint::{self, DataSpec, State, LATEST};
 use sympathy::tokenizer::Tokenizer;
+use sympathy::train::optim::{AdamW, LrSchedule};
 use tch::{nn, Device, Kind, Tensor};
 
 const FORWARD_TOL: f64 = 1e-5;

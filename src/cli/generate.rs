@@ -1,16 +1,16 @@
 //! `sympathy generate` and `sympathy eval`: a checkpoint put to use, completing prompts
-//! ([`sympathy::generate`]) or scoring the validation split ([`sympathy::train::evaluate`]).
+//! ([`sympathy::infer::generate`]) or scoring the validation split ([`sympathy::train::evaluate`]).
 
 use super::set_threads;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use sympathy::checkpoint;
-use sympathy::config::DeviceChoice;
 use sympathy::data::{self, Batches, TokenStreams};
-use sympathy::generate::{self, GenerateConfig};
-use sympathy::sampling::SamplingConfig;
+use sympathy::infer::generate::{self, GenerateConfig};
+use sympathy::infer::sampling::SamplingConfig;
+use sympathy::run::checkpoint;
+use sympathy::runtime::device::DeviceChoice;
 use sympathy::train;
 
 #[derive(Args)]

@@ -5,10 +5,11 @@ use super::{override_fields, warn_if_no_fonts};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use sympathy::checkpoint;
-use sympathy::config::{DeviceChoice, ModelConfig, Preset, TrainConfig};
+use sympathy::config::{ModelConfig, Preset, TrainConfig};
 use sympathy::data;
-use sympathy::plot;
+use sympathy::run::checkpoint;
+use sympathy::runtime::device::DeviceChoice;
+use sympathy::see::plot;
 use sympathy::tokenizer::Tokenizer;
 use sympathy::train::{self, StopCause, StopFlags, TrainOptions};
 

@@ -11,11 +11,11 @@
 //! `scripts/nanogpt_to_safetensors.py` (compiled into the binary) with PyTorch's python;
 //! the script only changes the container, all checks and renaming happen here.
 
-use crate::checkpoint::{self, DataSpec, State, LATEST};
 use crate::config::{ModelConfig, Preset};
 use crate::model::Gpt;
-use crate::optim::AdamW;
+use crate::run::checkpoint::{self, DataSpec, State, LATEST};
 use crate::tokenizer::{Tokenizer, CHAR_VOCAB_SIZE};
+use crate::train::optim::AdamW;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::HashMap;

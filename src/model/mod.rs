@@ -2,15 +2,22 @@
 //! [`attention`] → [`mlp`] → [`block`] → [`gpt`]. Parameter names follow GPT-2 and
 //! nanoGPT (`wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.c_attn`, …, `ln_f`), so weights
 //! move between sympathy and the PyTorch world by name.
+//!
+//! Beside the layers: the [`kv_cache`] that the cached forward takes, the one-token
+//! fast path of generation ([`decode`]), and the model's FLOPs per token ([`flops`]).
 
 pub mod attention;
 pub mod block;
+pub mod decode;
+pub mod flops;
 pub mod gpt;
+pub mod kv_cache;
 pub mod mlp;
 
 pub use attention::CausalSelfAttention;
 pub use block::Block;
 pub use gpt::{Gpt, Trace};
+pub use kv_cache::{KvCache, LayerCache};
 pub use mlp::Mlp;
 
 use crate::config::ModelConfig;

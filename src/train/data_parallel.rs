@@ -23,7 +23,8 @@
 
 use crate::config::ModelConfig;
 use crate::model::Gpt;
-use crate::optim::AdamW;
+use crate::runtime::threads::one_thread_each;
+use crate::train::optim::AdamW;
 use crate::{Error, Result};
 use std::time::Instant;
 use tch::{nn, Device, Tensor};
@@ -71,31 +72,6 @@ pub fn check_workers(workers: usize, cfg: &ModelConfig) -> Result<usize> {
         ));
     }
     Ok(workers)
-}
-
-/// Runs every job at once, each on a thread of its own with one intra-op thread (that
-/// thread's OpenMP and MKL setting), and returns their results in order. Setting it
-/// also lowers the default that later threads start from, so the caller's count is
-/// restored at the end.
-pub(crate) fn one_thread_each<T: Send>(jobs: Vec<impl FnOnce() -> T + Send>) -> Vec<T> {
-    let threads_before = tch::get_num_threads();
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|job| {
-                s.spawn(move || {
-                    tch::set_num_threads(1);
-                    job()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a worker thread panicked"))
-            .collect()
-    });
-    tch::set_num_threads(threads_before);
-    results
 }
 
 impl DataParallel {

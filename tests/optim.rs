@@ -8,10 +8,11 @@ use common::{run, stderr, stdout, TINY};
 use serde_json::Value;
 use std::sync::Mutex;
 use sympathy::config::{ModelConfig, Preset};
-use sympathy::data_parallel::DataParallel;
-use sympathy::flops::flops_per_token;
+use sympathy::model::flops::flops_per_token;
 use sympathy::model::Gpt;
-use sympathy::optim::AdamW;
+use sympathy::run::checkpoint::OptimizerState;
+use sympathy::train::data_parallel::DataParallel;
+use sympathy::train::optim::AdamW;
 use tch::{nn, Device, Kind, Tensor};
 
 /// libtorch's generator is global: tests that seed it take turns.
@@ -293,7 +294,7 @@ fn bench_train_json_reports_the_stable_fields() {
         ..Preset::Tiny.model(131)
     };
     let efficiency = positive(&v, "matmul_efficiency");
-    let products = sympathy::matmul_floor::matmul_flops(&cfg, 4);
+    let products = sympathy::bench::matmul_floor::matmul_flops(&cfg, 4);
     let gflops = products / (v["ms_matmuls"].as_f64().unwrap() / 1e3) / 1e9;
     let peak = v["peak_gflops"].as_f64().unwrap();
     assert!((efficiency - gflops / peak).abs() <= 1e-9 * efficiency);

@@ -8,7 +8,7 @@
 //!   comes next in the prompt. Its negative log is exactly that position's term of the
 //!   training loss, so the table is the loss made visible.
 //! - **Attention.** Per layer, the (H, T, T) weights: row `t` says how much position `t`
-//!   takes from each earlier position (drawn by [`crate::plot`]).
+//!   takes from each earlier position (drawn by [`crate::see::plot`]).
 //! - **The logit lens** (nostalgebraist 2020). The residual stream after the embeddings
 //!   and after every block, at the last position, decoded by the final `ln_f` and the
 //!   tied head as if the model ended there. The last row is the model's real output;

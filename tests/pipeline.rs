@@ -10,8 +10,8 @@ use sympathy::config::{ModelConfig, Preset, TrainConfig};
 use sympathy::data;
 use sympathy::model::attention::attention_reference;
 use sympathy::model::Gpt;
-use sympathy::optim::AdamW;
 use sympathy::tokenizer::{Tokenizer, CHAR_VOCAB_SIZE};
+use sympathy::train::optim::AdamW;
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny() -> ModelConfig {

@@ -1,7 +1,7 @@
 //! The fast path of AdamW: every parameter, gradient and moment in one flat buffer, and
 //! the update as one pass over it.
 //!
-//! The reference update in [`crate::optim`] runs about eight tensor ops for each of the
+//! The reference update in [`crate::train::optim`] runs about eight tensor ops for each of the
 //! model's ~50–150 tensors; each op is a separate pass over memory and, on the CPU, a
 //! separate parallel region whose threads must meet at a barrier. For a small model the
 //! optimizer then costs as much as the forward pass, and on a busy machine every barrier

@@ -18,12 +18,12 @@
 //! the last `block_size` tokens at every step instead, so past the context the two paths
 //! legitimately see different windows (the tests check each against its own policy).
 
-use crate::kv_cache::KvCache;
+use crate::infer::sampling::{Sampler, SamplingConfig};
+use crate::infer::stop_strings::StopMatcher;
+use crate::model::kv_cache::KvCache;
 use crate::model::Gpt;
-use crate::sampling::{Sampler, SamplingConfig};
-use crate::stop::StopMatcher;
+use crate::runtime::torch_ext::InferenceMode;
 use crate::tokenizer::{TokenId, Tokenizer, EOS};
-use crate::torch_ext::InferenceMode;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::time::Instant;

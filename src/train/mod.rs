@@ -6,18 +6,24 @@
 //! (seed, step) before every step, and AdamW's state is saved, so a run resumed from a
 //! checkpoint repeats, bit for bit on the CPU, what the uninterrupted run would do.
 
-use crate::bench::{self, Dtype};
-use crate::checkpoint::{self, DataSpec, State, BEST, LATEST};
+pub mod data_parallel;
+pub mod eval;
+pub mod fused_adamw;
+pub mod optim;
+
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{Batches, TokenStreams};
-use crate::data_parallel::{check_workers, DataParallel};
-use crate::flops;
-use crate::metrics::{MetricsWriter, Record};
-use crate::model::Gpt;
-use crate::optim::{AdamW, LrSchedule};
+use crate::model::{flops, Gpt};
+use crate::run::checkpoint::{self, DataSpec, State, BEST, LATEST};
+use crate::run::metrics::{MetricsWriter, Record};
+use crate::runtime::device::Dtype;
+use crate::runtime::matmul_peak::quick_peak;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, Step};
+use data_parallel::{check_workers, DataParallel};
+pub use eval::evaluate;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use optim::{AdamW, LrSchedule};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -71,19 +77,6 @@ pub struct TrainSummary {
     pub tokens_per_s: f64,
     pub checkpoint: PathBuf,
     pub cause: StopCause,
-}
-
-/// Mean loss over the windows starting at `starts`, in eval mode without gradients.
-pub fn evaluate(model: &Gpt, batches: &Batches, starts: &[i64]) -> f64 {
-    tch::no_grad(|| {
-        let mut total = 0.0;
-        for chunk in starts.chunks(batches.batch_size() as usize) {
-            let (x, y) = batches.windows(chunk);
-            let loss = Gpt::loss(&model.forward(&x, false), &y);
-            total += loss.double_value(&[]) * chunk.len() as f64;
-        }
-        total / starts.len() as f64
-    })
 }
 
 fn log_line(bar: &ProgressBar, line: String) {
@@ -235,7 +228,7 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
 
     // MFU needs this machine's peak: a ~0.2 s matmul probe (see `bench`).
     let flops_per_token = flops::flops_per_token(cfg);
-    let peak_gflops = bench::quick_peak(opts.device, Dtype::Fp32);
+    let peak_gflops = quick_peak(opts.device, Dtype::Fp32);
     log_line(
         &bar,
         format!(

@@ -11,14 +11,16 @@
 //! do not, since pulling a gain towards 0 or a bias towards 0 is not regularisation.
 //!
 //! [`AdamW::step_reference`] is that update, one parameter at a time, for reading.
-//! [`AdamW::step`] computes the same thing through [`crate::fused_adamw`]: the
+//! [`AdamW::step`] computes the same thing through [`crate::train::fused_adamw`]: the
 //! optimizer keeps all parameters, gradients and moments in flat buffers and updates
 //! them in one pass (a test holds the two to each other).
 
 use crate::config::TrainConfig;
-use crate::fused_adamw::{self, Flat, Hyper};
+use crate::run::checkpoint::OptimizerState;
+use crate::train::fused_adamw::{self, Flat, Hyper};
 use crate::{Error, Result, Step};
 use std::f64::consts::PI;
+use std::path::Path;
 use tch::{nn, Kind, Tensor};
 
 /// One parameter and its two moment estimates (views into the flat buffers).
@@ -48,7 +50,7 @@ pub struct AdamW {
 
 impl AdamW {
     /// Takes every trainable variable of `vs`, in name order so the state file is stable,
-    /// and moves them into the optimizer's flat buffers (see [`crate::fused_adamw`]):
+    /// and moves them into the optimizer's flat buffers (see [`crate::train::fused_adamw`]):
     /// the model's tensors keep their values but share one allocation from here on,
     /// and each gets a zero `.grad`.
     pub fn new(vs: &nn::VarStore, cfg: &TrainConfig) -> Self {
@@ -90,7 +92,7 @@ impl AdamW {
     /// Makes `replica`, a VarStore holding a second copy of the same model, share this
     /// optimizer's weights (its variables become views of the same buffer, so every
     /// update reaches it), and gives its gradients a flat buffer of their own, laid out
-    /// like ours; returns that buffer. See [`crate::data_parallel`].
+    /// like ours; returns that buffer. See [`crate::train::data_parallel`].
     pub fn share_weights(&self, replica: &nn::VarStore) -> Tensor {
         let mut vars = replica.variables();
         let grad = self.flat.grad.zeros_like();
@@ -206,9 +208,12 @@ impl AdamW {
     pub fn zero_grad(&mut self) {
         let _ = self.flat.grad.zero_();
     }
+}
 
+/// The moments `m.{name}`, `v.{name}` of every parameter, and `step`.
+impl OptimizerState for AdamW {
     /// The state to save: `m.{name}`, `v.{name}` for every parameter, and `step`.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.params.len() + 1);
         for p in &self.params {
             out.push((format!("m.{}", p.name), p.m.shallow_clone()));
@@ -219,11 +224,7 @@ impl AdamW {
     }
 
     /// Restores what `state_tensors` saved; every name and shape must match.
-    pub fn load_state(
-        &mut self,
-        tensors: &[(String, Tensor)],
-        source: &std::path::Path,
-    ) -> Result<()> {
+    fn load_state(&mut self, tensors: &[(String, Tensor)], source: &Path) -> Result<()> {
         let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let missing =
             |name: &str| Error::checkpoint(source, format!("optimizer state has no tensor {name}"));

@@ -1,15 +1,15 @@
 //! `sympathy inspect`: what a model is made of and what it costs, before or after
 //! training. Every parameter tensor with its shape and share of the total, the memory
 //! that training needs (weights, gradients, AdamW moments, activations), the FLOPs per
-//! token (see [`crate::flops`]), and, for a checkpoint, how far it was trained.
+//! token (see [`crate::model::flops`]), and, for a checkpoint, how far it was trained.
 //!
 //! The parameter table is read from a real `VarStore` (built from the config, or loaded
 //! from `model.safetensors`), never from a formula, so it always shows what the code in
 //! `src/model/` actually allocates.
 
-use crate::checkpoint::State;
 use crate::config::ModelConfig;
-use crate::flops::FlopsBreakdown;
+use crate::model::flops::FlopsBreakdown;
+use crate::run::checkpoint::State;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::fmt::Write;
