@@ -229,7 +229,7 @@ fn parameter_count_is_the_sum_of_tensor_sizes() {
 
 #[test]
 fn flops_split_adds_up_to_six_n_plus_attention() {
-    for preset in [Preset::Tiny, Preset::Small, Preset::Seed] {
+    for preset in [Preset::Tiny, Preset::Small, Preset::Large] {
         let cfg = preset.model(131);
         let f = FlopsBreakdown::of(&cfg);
         let (l, c, t, v) = (

@@ -4,16 +4,15 @@
 
 use super::matmul_floor::{matmul_floor_ms, matmul_flops};
 use crate::config::{ModelConfig, TrainConfig};
-use crate::model::{flops, Gpt};
+use crate::model::flops;
 use crate::runtime::device::Dtype;
 use crate::runtime::matmul_peak::matmul_peak;
 use crate::runtime::timing::{median, sync};
-use crate::train::data_parallel::{check_workers, DataParallel};
-use crate::train::optim::AdamW;
+use crate::train::step::Trainer;
 use crate::{Error, Result};
 use serde::Serialize;
-use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
 
 /// What `bench train` measures.
 #[derive(Clone, Debug)]
@@ -70,89 +69,98 @@ pub struct TrainReport {
 
 /// `bench train`: `warmup` then `steps` full training steps (forward, loss, backward,
 /// grad-norm clip, AdamW, zero-grad) on one batch of random tokens, each phase timed.
-pub fn train(b: &TrainBench) -> Result<TrainReport> {
+pub fn bench_training(b: &TrainBench) -> Result<TrainReport> {
     b.model.validate()?;
     b.train.validate()?;
     if b.steps == 0 {
         return Err(Error::config("--steps", "must be at least 1"));
     }
     let (cfg, tcfg, device) = (&b.model, &b.train, b.device);
-    tch::manual_seed(tcfg.seed as i64);
-    let mut vs = nn::VarStore::new(device);
-    let model = Gpt::new(&vs.root(), cfg);
-    if b.dtype == Dtype::Bf16 {
-        // Weights, activations and moments all in bf16: a throughput measurement, not
-        // a training recipe (that would keep fp32 master weights).
-        vs.bfloat16();
-    }
-    let mut opt = AdamW::new(&vs, tcfg);
-    let mut model = model;
-    let workers = check_workers(b.workers, cfg)?;
-    let mut dp = DataParallel::new(cfg, device, &opt, workers);
-    let n_params: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
-
+    // Weights, activations and moments all in the one dtype (bf16 too): a throughput
+    // measurement, not a training recipe (that would keep fp32 master weights).
+    let mut trainer = Trainer::new(cfg, tcfg, device, b.dtype.kind(), b.workers)?;
+    trainer.sync_phases = true;
     let (bsz, t) = (tcfg.batch_size, cfg.block_size);
     let window = Tensor::randint(cfg.vocab_size, [bsz, t + 1], (Kind::Int64, device));
     let (x, y) = (window.narrow(1, 0, t), window.narrow(1, 1, t)); // (B, T), (B, T)
-
     let peak = matmul_peak(device, b.dtype).0;
-    let (mut fwd, mut bwd, mut opt_ms, mut step_ms) = (vec![], vec![], vec![], vec![]);
+    let mut times = PhaseTimes::default();
     let mut loss_value = f64::NAN;
     for i in 0..b.warmup + b.steps {
-        sync(device);
-        let t0 = Instant::now();
-        let (loss, t1) = if dp.workers() > 1 {
-            let out = dp.forward_backward(&mut model, &mut opt, &x, &y, 1.0);
-            (
-                out.loss,
-                t0 + std::time::Duration::from_secs_f64(out.ms_forward / 1e3),
-            )
-        } else {
-            let loss = Gpt::loss(&model.forward(&x, true), &y);
-            sync(device);
-            let t1 = Instant::now();
-            loss.backward();
-            (loss, t1)
-        };
-        sync(device);
-        let t2 = Instant::now();
-        // As `train` does: the norm comes to the host to decide the clip.
-        let norm = opt.grad_norm().double_value(&[]);
-        opt.clip_grad_norm(norm, tcfg.grad_clip);
-        opt.step(tcfg.lr);
-        opt.zero_grad();
-        sync(device);
-        let t3 = Instant::now();
-        loss_value = loss.double_value(&[]);
+        let (loss, step_times) = timed_step(&mut trainer, &x, &y, tcfg.lr);
+        loss_value = loss;
         if i >= b.warmup {
-            let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            fwd.push(ms(t0, t1));
-            bwd.push(ms(t1, t2));
-            opt_ms.push(ms(t2, t3));
-            step_ms.push(ms(t0, t3));
+            times.push(step_times);
         }
     }
+    Ok(report(b, &trainer, &times, peak, loss_value))
+}
 
-    let ms_step = median(&step_ms);
+/// The ms of each phase of the timed steps: forward, backward, optimizer, whole step.
+#[derive(Default)]
+struct PhaseTimes {
+    forward: Vec<f64>,
+    backward: Vec<f64>,
+    optimizer: Vec<f64>,
+    step: Vec<f64>,
+}
+
+impl PhaseTimes {
+    fn push(&mut self, [forward, backward, optimizer, step]: [f64; 4]) {
+        self.forward.push(forward);
+        self.backward.push(backward);
+        self.optimizer.push(optimizer);
+        self.step.push(step);
+    }
+}
+
+/// One training step as `train` takes it, the device synchronised between phases;
+/// returns the loss and the ms of forward, backward, optimizer and the whole step.
+fn timed_step(trainer: &mut Trainer, x: &Tensor, y: &Tensor, lr: f64) -> (f64, [f64; 4]) {
+    let device = x.device();
+    sync(device);
+    let t0 = Instant::now();
+    let out = trainer.forward_backward(x, y, 1);
+    let t1 = t0 + Duration::from_secs_f64(out.ms_forward / 1e3);
+    sync(device);
+    let t2 = Instant::now();
+    // As `train` does: the norm comes to the host to decide the clip.
+    let norm = trainer.grad_norm();
+    trainer.update(norm, lr);
+    trainer.zero_grad();
+    sync(device);
+    let t3 = Instant::now();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+    let times = [ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t0, t3)];
+    (out.loss.double_value(&[]), times)
+}
+
+/// The report of the timed steps, with the step's weight products timed on their own.
+fn report(
+    b: &TrainBench,
+    trainer: &Trainer,
+    times: &PhaseTimes,
+    peak: f64,
+    loss: f64,
+) -> TrainReport {
+    let (cfg, device) = (&b.model, b.device);
+    let (bsz, t) = (b.train.batch_size, cfg.block_size);
+    let ms_step = median(&times.step);
     let tokens_per_s = (bsz * t) as f64 / (ms_step / 1e3);
     let flops_per_token = flops::flops_per_token(cfg);
     let achieved_gflops = tokens_per_s * flops_per_token / 1e9;
     let ms_matmuls = matmul_floor_ms(cfg, bsz, b.dtype.kind(), device, 5);
     let products_gflops = matmul_flops(cfg, bsz) / (ms_matmuls / 1e3) / 1e9;
-    Ok(TrainReport {
+    TrainReport {
         tokens_per_s,
         mfu: achieved_gflops / peak,
         peak_gflops: peak,
         achieved_gflops,
         flops_per_token,
         ms_step,
-        ms_forward: median(&fwd),
-        ms_backward: median(&bwd),
-        ms_optimizer: median(&opt_ms),
+        ms_forward: median(&times.forward),
+        ms_backward: median(&times.backward),
+        ms_optimizer: median(&times.optimizer),
         ms_matmuls,
         matmul_efficiency: products_gflops / peak,
         n_layer: cfg.n_layer,
@@ -161,13 +169,13 @@ pub fn train(b: &TrainBench) -> Result<TrainReport> {
         block_size: cfg.block_size,
         batch_size: bsz,
         vocab_size: cfg.vocab_size,
-        n_params,
+        n_params: trainer.n_params(),
         steps: b.steps,
         warmup: b.warmup,
         threads: tch::get_num_threads(),
-        workers: dp.workers(),
+        workers: trainer.workers(),
         device: format!("{device:?}").to_lowercase(),
         dtype: b.dtype,
-        loss: loss_value,
-    })
+        loss,
+    }
 }

@@ -141,7 +141,7 @@ pub(crate) fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
     args.shape.apply(&mut model);
     let mut train = args.preset.train();
     override_fields!(train, args, [batch_size]);
-    let r = training::train(&TrainBench {
+    let r = training::bench_training(&TrainBench {
         model,
         train,
         steps: args.steps,

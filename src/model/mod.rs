@@ -23,6 +23,12 @@ pub use mlp::Mlp;
 use crate::config::ModelConfig;
 use tch::{nn, Tensor};
 
+/// A cross-entropy in nats ([`Gpt::loss`]) in bits: per character, the number of
+/// yes/no questions the model still needs to name the next one.
+pub fn nats_to_bits(nats: f64) -> f64 {
+    nats / std::f64::consts::LN_2
+}
+
 /// The standard deviation of every weight at initialisation (GPT-2, nanoGPT).
 pub const INIT_STD: f64 = 0.02;
 

@@ -14,6 +14,8 @@
 //!   tied head as if the model ended there. The last row is the model's real output;
 //!   earlier rows show how the prediction forms layer by layer.
 
+use crate::infer::sampling::ranked;
+use crate::model::nats_to_bits;
 use crate::model::Gpt;
 use crate::tokenizer::{TokenId, Tokenizer};
 use crate::{Error, Result};
@@ -72,9 +74,7 @@ pub struct Explanation {
 
 /// The `k` largest entries of a probability row (V,), most likely first.
 fn top_k(probs: &[f32], k: usize, tokenizer: &Tokenizer) -> Vec<Prediction> {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    order
+    ranked(probs)
         .into_iter()
         .take(k)
         .map(|i| prediction(i as TokenId, probs, tokenizer))
@@ -241,7 +241,7 @@ pub fn render(e: &Explanation) -> String {
         let _ = writeln!(
             s,
             "mean loss over the {n} known next characters: {mean:.4} nats ({:.3} bits/char)",
-            mean / std::f64::consts::LN_2
+            nats_to_bits(mean)
         );
     }
     let last = e.labels.last().map(String::as_str).unwrap_or("");

@@ -9,6 +9,7 @@
 
 use crate::config::ModelConfig;
 use crate::model::flops::FlopsBreakdown;
+use crate::model::nats_to_bits;
 use crate::run::checkpoint::State;
 use crate::{Error, Result};
 use serde::Serialize;
@@ -420,7 +421,7 @@ pub fn render(r: &Report) -> String {
             t.data.display()
         );
         let loss = |v: Option<f64>| match v {
-            Some(v) => format!("{v:.4} nats ({:.3} bits/char)", v / std::f64::consts::LN_2),
+            Some(v) => format!("{v:.4} nats ({:.3} bits/char)", nats_to_bits(v)),
             None => "not evaluated yet".to_string(),
         };
         let _ = writeln!(s, "  best val loss {}", loss(t.best_val_loss));
