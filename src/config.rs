@@ -93,13 +93,16 @@ pub struct TrainConfig {
 }
 
 /// Named defaults. `tiny` is for tests, `small` is the CPU default of `make demo`,
-/// `seed` is the original project's GPU model (≈25.6M parameters).
+/// [`Preset::Large`] (`--preset seed`) is the GPU model (≈25.6M parameters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     Tiny,
     Small,
-    Seed,
+    // Named `seed` on the command line and in files.
+    #[value(name = "seed")]
+    #[serde(rename = "seed")]
+    Large,
 }
 
 impl Preset {
@@ -107,7 +110,7 @@ impl Preset {
         let (n_layer, n_head, n_embd, block_size) = match self {
             Preset::Tiny => (2, 2, 32, 16),
             Preset::Small => (4, 4, 192, 128),
-            Preset::Seed => (8, 8, 512, 512),
+            Preset::Large => (8, 8, 512, 512),
         };
         ModelConfig {
             n_layer,
@@ -165,7 +168,7 @@ impl Preset {
                 max_minutes: Some(14.0),
                 ..base
             },
-            Preset::Seed => TrainConfig {
+            Preset::Large => TrainConfig {
                 batch_size: 32,
                 max_steps: 5000,
                 lr: 6e-4,
@@ -239,36 +242,5 @@ impl TrainConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// Where tensors live. `auto` picks CUDA when libtorch sees a GPU, else the CPU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceChoice {
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-impl DeviceChoice {
-    pub fn resolve(self) -> Result<tch::Device> {
-        // CUDA support is a library of its own, loaded only where a driver is (`cuda`).
-        let cuda = match self {
-            DeviceChoice::Cpu => Ok(()),
-            _ => crate::cuda::ensure_loaded(),
-        };
-        match self {
-            DeviceChoice::Cpu => Ok(tch::Device::Cpu),
-            DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
-            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-            DeviceChoice::Cuda => Err(Error::config(
-                "--device",
-                format!(
-                    "cuda requested but libtorch sees no GPU{}; use --device cpu",
-                    cuda.err().map(|e| format!(" ({e})")).unwrap_or_default()
-                ),
-            )),
-        }
     }
 }

@@ -266,7 +266,7 @@ impl TokenStreams {
             ("training", self.train.len()),
             ("validation", self.val.len()),
         ] {
-            if (len as i64) < block_size + 1 {
+            if !holds_a_window(len, block_size) {
                 return Err(Error::corpus(
                     &self.report.root,
                     format!("its {split} split has {len} tokens, less than one window of {} (--block-size {block_size} + 1); add files or use a smaller --block-size", block_size + 1),
@@ -275,6 +275,12 @@ impl TokenStreams {
         }
         Ok(())
     }
+}
+
+/// Whether `len` tokens hold one window: `block_size` inputs plus the target after the
+/// last one.
+fn holds_a_window(len: usize, block_size: i64) -> bool {
+    len as i64 > block_size
 }
 
 /// FNV-1a over the file list, sizes, modification times and tokenizer: cheap to
@@ -338,7 +344,7 @@ impl Batches {
         seed: u64,
         device: Device,
     ) -> Result<Self> {
-        if (stream.len() as i64) < block_size + 1 {
+        if !holds_a_window(stream.len(), block_size) {
             return Err(Error::config(
                 "--block-size",
                 format!("{block_size} needs at least {} tokens per split but the corpus has {}; use a smaller --block-size or more data", block_size + 1, stream.len()),
@@ -401,9 +407,5 @@ impl Batches {
 
     pub fn batch_size(&self) -> i64 {
         self.batch_size
-    }
-
-    pub fn block_size(&self) -> i64 {
-        self.block_size
     }
 }

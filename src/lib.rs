@@ -5,8 +5,20 @@
 //! ```text
 //! corpus folder ─► data (files, per-file 90/10 split) ─► tokenizer ─► token streams
 //!               ─► data::Batches (random windows, seeded) ─► model::Gpt ─► logits
-//!               ─► loss ─► backward ─► optim (AdamW + LrSchedule) ─► checkpoint
-//! checkpoint ─► model::Gpt + tokenizer ─► generate (KvCache, sampling) ─► stdout
+//!               ─► loss ─► backward ─► train::optim (AdamW + LrSchedule) ─► run::checkpoint
+//! checkpoint ─► model::Gpt + tokenizer ─► infer::generate (KvCache, sampling) ─► stdout
+//! ```
+//!
+//! # Layers
+//! Each folder is one stage; a module uses only those below it (and `config`, `error`):
+//!
+//! ```text
+//! bench/  see/  interop/    tools: measure, look inside, convert (the CLI calls these)
+//! train/  infer/            the training loop and its optimizer; generation
+//! run/                      the run folder on disk: checkpoints, metrics
+//! model/  data  tokenizer/  the GPT (and its KV cache, decode path, FLOPs); batches; text ⇄ ids
+//! memory                    what a model needs in memory, checked before allocating
+//! runtime/                  device and dtype, threads, timing, matmul peak, CUDA, libtorch switches
 //! ```
 //!
 //! # Shape legend
@@ -15,31 +27,17 @@
 //! `D` head dimension (`C / H`), `V` vocabulary size.
 
 pub mod bench;
-pub mod bench_generate;
-pub mod checkpoint;
 pub mod config;
-pub mod cuda;
 pub mod data;
-pub mod data_parallel;
 pub mod error;
-pub mod explain;
-pub mod flops;
-pub mod fused_adamw;
-pub mod generate;
-pub mod inspect;
+pub mod infer;
 pub mod interop;
-pub mod kv_cache;
-pub mod matmul_floor;
 pub mod memory;
-pub mod metrics;
 pub mod model;
-pub mod optim;
-pub mod plot;
-pub mod run_lock;
-pub mod sampling;
-pub mod stop;
+pub mod run;
+pub mod runtime;
+pub mod see;
 pub mod tokenizer;
-pub mod torch_ext;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -75,7 +75,7 @@ fn main() {
     };
     // GELU on ATen's kernel rather than oneDNN's: ~8× faster on one decode row, and
     // faster over forward plus backward on a training batch (see src/torch_ext.rs).
-    sympathy::torch_ext::set_onednn(false);
+    sympathy::runtime::torch_ext::set_onednn(false);
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -6,11 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use sympathy::checkpoint;
 use sympathy::config::{ModelConfig, Preset};
-use sympathy::generate::{self, GenerateConfig, StopReason};
+use sympathy::infer::generate::{self, GenerateConfig, StopReason};
+use sympathy::infer::sampling::{Sampler, SamplingConfig};
 use sympathy::model::Gpt;
-use sympathy::sampling::{Sampler, SamplingConfig};
+use sympathy::run::checkpoint;
 use sympathy::tokenizer::{TokenId, Tokenizer, EOS};
 use tch::{nn, Device, Kind, Tensor};
 

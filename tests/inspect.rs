@@ -9,13 +9,13 @@ mod common;
 use common::{run, stderr, stdout, write_corpus};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use sympathy::checkpoint;
 use sympathy::config::Preset;
-use sympathy::explain;
-use sympathy::flops::{flops_per_token, FlopsBreakdown};
-use sympathy::generate::prepare_prompt;
-use sympathy::inspect;
-use sympathy::plot;
+use sympathy::infer::generate::prepare_prompt;
+use sympathy::model::flops::{flops_per_token, FlopsBreakdown};
+use sympathy::run::checkpoint;
+use sympathy::see::explain;
+use sympathy::see::inspect;
+use sympathy::see::plot;
 use tch::{Device, Kind, Tensor};
 
 const STEPS: u64 = 40;
@@ -229,7 +229,7 @@ fn parameter_count_is_the_sum_of_tensor_sizes() {
 
 #[test]
 fn flops_split_adds_up_to_six_n_plus_attention() {
-    for preset in [Preset::Tiny, Preset::Small, Preset::Seed] {
+    for preset in [Preset::Tiny, Preset::Small, Preset::Large] {
         let cfg = preset.model(131);
         let f = FlopsBreakdown::of(&cfg);
         let (l, c, t, v) = (

@@ -15,11 +15,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use sympathy::checkpoint::{self, DataSpec, State, LATEST};
 use sympathy::config::{ModelConfig, Preset, TrainConfig};
 use sympathy::model::Gpt;
-use sympathy::optim::{AdamW, LrSchedule};
+use sympathy::run::checkpoint::{self, DataSpec, State, LATEST};
 use sympathy::tokenizer::Tokenizer;
+use sympathy::train::optim::{AdamW, LrSchedule};
+use sympathy::train::params::FlatParams;
 use tch::{nn, Device, Kind, Tensor};
 
 const FORWARD_TOL: f64 = 1e-5;
@@ -139,7 +140,8 @@ fn ten_adamw_steps_match_pytorch() {
     let (vs, model, cfg) = fixture_model(tmp.path());
     let fx = read(&fixtures().join("parity.safetensors"));
     let tcfg = fixture_train_config();
-    let mut opt = AdamW::new(&vs, &tcfg);
+    let mut params = FlatParams::new(&vs);
+    let mut opt = AdamW::new(&params, &tcfg);
     let schedule = LrSchedule::new(&tcfg);
     let json = parity_json();
     let steps = json["steps"].as_array().unwrap();
@@ -153,16 +155,16 @@ fn ten_adamw_steps_match_pytorch() {
         );
         let loss = Gpt::loss(&model.forward(&fx["x"], true), &fx["y"]);
         loss.backward();
-        let norm = opt.grad_norm().double_value(&[]);
+        let norm = params.grad_norm().double_value(&[]);
         let want_norm = want["grad_norm"].as_f64().unwrap();
         assert!(
             (norm - want_norm).abs() / want_norm < BACKWARD_TOL,
             "grad norm of step {step}: {norm} vs {want_norm}"
         );
         clipped += (norm > tcfg.grad_clip) as usize;
-        opt.clip_grad_norm(norm, tcfg.grad_clip);
-        opt.step(lr);
-        opt.zero_grad();
+        params.clip_grad_norm(norm, tcfg.grad_clip);
+        opt.step(&mut params, lr);
+        params.zero_grad();
         let want_loss = want["loss"].as_f64().unwrap();
         let e = (loss.double_value(&[]) - want_loss).abs() / want_loss;
         assert!(
@@ -317,7 +319,14 @@ fn hf_export_has_gpt2_layout_and_pytorch_reads_the_same_logits() {
         },
     );
     let run = tmp.path().join("run");
-    checkpoint::save_atomically(&run, LATEST, &vs, &AdamW::new(&vs, &train), &state).unwrap();
+    checkpoint::save_atomically(
+        &run,
+        LATEST,
+        &vs,
+        &AdamW::new(&FlatParams::new(&vs), &train),
+        &state,
+    )
+    .unwrap();
     let x = read(&fixtures().join("parity.safetensors"))
         .remove("x")
         .unwrap();

@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use sympathy::checkpoint;
-use sympathy::metrics::{self, Record};
+use sympathy::run::checkpoint::{self, OptimizerState};
+use sympathy::run::metrics::{self, Record};
+use sympathy::train::optim::AdamW;
+use sympathy::train::params::FlatParams;
 use sympathy::train::MAX_NONFINITE_IN_A_ROW;
 use tch::Device;
 
@@ -169,7 +171,8 @@ fn assert_same_run(a: &Path, b: &Path) {
 fn load_valid(run: &Path) -> u64 {
     let loaded = checkpoint::load(run, Device::Cpu)
         .unwrap_or_else(|e| panic!("no loadable checkpoint in {}: {e}", run.display()));
-    let mut opt = sympathy::optim::AdamW::new(&loaded.vs, &loaded.state.train);
+    let params = FlatParams::new(&loaded.vs);
+    let mut opt = AdamW::new(&params, &loaded.state.train);
     checkpoint::load_optimizer(&loaded.dir, &mut opt).unwrap();
     assert!(checkpoint::all_finite(loaded.vs.variables().values()));
     let opt_state = opt.state_tensors();
@@ -547,7 +550,7 @@ fn a_checkpoint_with_nan_weights_is_never_written() {
     let (run, _) = run_stopped_at("nan-save", "2");
     let before = latest_weights(&run);
     let loaded = checkpoint::load(&run, Device::Cpu).unwrap();
-    let opt = sympathy::optim::AdamW::new(&loaded.vs, &loaded.state.train);
+    let opt = AdamW::new(&FlatParams::new(&loaded.vs), &loaded.state.train);
     tch::no_grad(|| {
         let _ = loaded.vs.variables()["ln_f.weight"].get(0).fill_(f64::NAN);
     });

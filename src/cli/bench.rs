@@ -1,15 +1,18 @@
 //! `sympathy bench matmul|train|generate`: this machine measured; the measuring is
-//! [`sympathy::bench`]'s and [`sympathy::bench_generate`]'s.
+//! [`sympathy::bench`]'s and [`sympathy::runtime::matmul_peak`]'s.
 
 use super::train::ShapeFlags;
 use super::{override_fields, set_threads};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use sympathy::bench::{self, Dtype as BenchDtype, TrainBench};
-use sympathy::bench_generate;
-use sympathy::checkpoint;
-use sympathy::config::{DeviceChoice, Preset};
+use sympathy::bench::generation;
+use sympathy::bench::training::{self, TrainBench};
+use sympathy::config::Preset;
+use sympathy::run::checkpoint;
+use sympathy::runtime::device::DeviceChoice;
+use sympathy::runtime::device::Dtype as BenchDtype;
+use sympathy::runtime::matmul_peak;
 use sympathy::tokenizer::Tokenizer;
 
 #[derive(Subcommand)]
@@ -97,7 +100,7 @@ pub(crate) fn cmd_bench_matmul(args: BenchMatmulArgs) -> Result<()> {
     }
     let measured: Vec<_> = dtypes
         .iter()
-        .map(|&d| (d, bench::matmul_peak(device, d)))
+        .map(|&d| (d, matmul_peak::matmul_peak(device, d)))
         .collect();
     let threads = tch::get_num_threads();
     if args.json {
@@ -132,13 +135,13 @@ pub(crate) fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
     let device = args.device.resolve()?;
     if args.dtype == BenchDtype::Bf16 {
         // bf16 matmuls on the CPU are oneDNN's; without it they crawl (see torch_ext).
-        sympathy::torch_ext::set_onednn(true);
+        sympathy::runtime::torch_ext::set_onednn(true);
     }
     let mut model = args.preset.model(Tokenizer::default().vocab_size());
     args.shape.apply(&mut model);
     let mut train = args.preset.train();
     override_fields!(train, args, [batch_size]);
-    let r = bench::train(&TrainBench {
+    let r = training::bench_training(&TrainBench {
         model,
         train,
         steps: args.steps,
@@ -180,7 +183,7 @@ pub(crate) fn cmd_bench_generate(args: BenchGenerateArgs) -> Result<()> {
     set_threads(args.threads)?;
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
-    let bench = bench_generate::bench_generate(
+    let bench = generation::bench_generate(
         &loaded.model,
         &loaded.state.tokenizer,
         &args.lengths,

@@ -1,16 +1,17 @@
 //! `sympathy generate` and `sympathy eval`: a checkpoint put to use, completing prompts
-//! ([`sympathy::generate`]) or scoring the validation split ([`sympathy::train::evaluate`]).
+//! ([`sympathy::infer::generate`]) or scoring the validation split ([`sympathy::train::evaluate`]).
 
 use super::set_threads;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use sympathy::checkpoint;
-use sympathy::config::DeviceChoice;
 use sympathy::data::{self, Batches, TokenStreams};
-use sympathy::generate::{self, GenerateConfig};
-use sympathy::sampling::SamplingConfig;
+use sympathy::infer::generate::{self, GenerateConfig};
+use sympathy::infer::sampling::SamplingConfig;
+use sympathy::model::nats_to_bits;
+use sympathy::run::checkpoint;
+use sympathy::runtime::device::DeviceChoice;
 use sympathy::train;
 
 #[derive(Args)]
@@ -88,17 +89,8 @@ pub(crate) fn cmd_generate(args: GenerateArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let tokenizer = loaded.state.tokenizer.clone();
-    let context = loaded.state.model.block_size;
-    let block = match args.block_size {
-        Some(b) if b < 1 || b > context => {
-            bail!("--block-size: {b} must be between 1 and the model's context {context}")
-        }
-        Some(b) => b,
-        None => context,
-    };
-    if args.num_samples == 0 {
-        bail!("--num-samples: must be at least 1");
-    }
+    let block = generate::check_context(args.block_size, loaded.state.model.block_size)?;
+    generate::check_num_samples(args.num_samples)?;
     let cfg = GenerateConfig {
         max_tokens: args.max_tokens,
         sampling,
@@ -197,7 +189,7 @@ pub(crate) fn cmd_eval(args: EvalArgs) -> Result<()> {
     )?;
     let starts = batches.eval_starts(args.windows);
     let loss = train::evaluate(&loaded.model, &batches, &starts);
-    let bits = loss / std::f64::consts::LN_2;
+    let bits = nats_to_bits(loss);
     if args.json {
         let report = serde_json::json!({
             "checkpoint": loaded.dir, "step": state.step, "val_loss": loss, "bits_per_char": bits,

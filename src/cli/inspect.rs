@@ -1,16 +1,17 @@
 //! `sympathy inspect`, `sympathy explain` and `sympathy plot`: looking at a model and its
-//! runs ([`sympathy::inspect`], [`sympathy::explain`], [`sympathy::plot`]).
+//! runs ([`sympathy::see::inspect`], [`sympathy::see::explain`], [`sympathy::see::plot`]).
 
 use super::train::ModelFlags;
 use super::warn_if_no_fonts;
 use anyhow::{bail, Result};
 use clap::{ArgGroup, Args};
 use std::path::PathBuf;
-use sympathy::checkpoint;
-use sympathy::config::{DeviceChoice, Preset};
-use sympathy::generate;
+use sympathy::config::Preset;
+use sympathy::infer::generate;
+use sympathy::run::checkpoint;
+use sympathy::runtime::device::DeviceChoice;
+use sympathy::see::{explain, inspect, plot};
 use sympathy::tokenizer::Tokenizer;
-use sympathy::{explain, inspect, plot};
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["checkpoint", "preset"])))]

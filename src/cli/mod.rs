@@ -4,7 +4,7 @@
 //! are below.
 
 use anyhow::{bail, Result};
-use sympathy::plot;
+use sympathy::see::plot;
 
 pub mod bench;
 pub mod generate;

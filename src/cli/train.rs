@@ -5,11 +5,13 @@ use super::{override_fields, warn_if_no_fonts};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use sympathy::checkpoint;
-use sympathy::config::{DeviceChoice, ModelConfig, Preset, TrainConfig};
+use sympathy::config::{ModelConfig, Preset, TrainConfig};
 use sympathy::data;
-use sympathy::plot;
-use sympathy::run_lock::RunLock;
+use sympathy::model::nats_to_bits;
+use sympathy::run::checkpoint;
+use sympathy::run::lock::RunLock;
+use sympathy::runtime::device::DeviceChoice;
+use sympathy::see::plot;
 use sympathy::tokenizer::Tokenizer;
 use sympathy::train::{self, StopCause, StopFlags, TrainOptions};
 
@@ -200,12 +202,7 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     }
     let val = summary
         .val_loss
-        .map(|v| {
-            format!(
-                "val loss {v:.4} ({:.3} bits/char)",
-                v / std::f64::consts::LN_2
-            )
-        })
+        .map(|v| format!("val loss {v:.4} ({:.3} bits/char)", nats_to_bits(v)))
         .unwrap_or_else(|| "no validation yet".into());
     eprintln!(
         "trained to step {} ({:.2}M tokens, {:.0} tok/s at the end), {val}; checkpoint {}",

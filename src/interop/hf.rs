@@ -5,8 +5,8 @@
 //! stored (in, out): the transpose of a `Linear` weight. GPT-2 always has biases, so a
 //! `bias = false` model exports zero biases, which compute the same function.
 
-use crate::checkpoint;
 use crate::config::ModelConfig;
+use crate::run::checkpoint;
 use crate::tokenizer::{EOS, PAD};
 use crate::{Error, Result};
 use serde_json::{json, Value};

@@ -11,11 +11,12 @@
 //! `scripts/nanogpt_to_safetensors.py` (compiled into the binary) with PyTorch's python;
 //! the script only changes the container, all checks and renaming happen here.
 
-use crate::checkpoint::{self, DataSpec, State, LATEST};
 use crate::config::{ModelConfig, Preset};
 use crate::model::Gpt;
-use crate::optim::AdamW;
+use crate::run::checkpoint::{self, DataSpec, State, LATEST};
 use crate::tokenizer::{Tokenizer, CHAR_VOCAB_SIZE};
+use crate::train::optim::AdamW;
+use crate::train::params::FlatParams;
 use crate::{Error, Result};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -197,7 +198,7 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
     }
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let train = Preset::Small.train();
-    let opt = AdamW::new(&vs, &train); // zero moments, step 0
+    let opt = AdamW::new(&FlatParams::new(&vs), &train); // zero moments, step 0
     let state = State::new(
         cfg.clone(),
         train,

@@ -13,17 +13,17 @@
 //! memory-efficient or flash form. A test checks that the two agree.
 
 use crate::config::ModelConfig;
-use crate::kv_cache::LayerCache;
+use crate::model::kv_cache::LayerCache;
 use crate::model::{dropout, linear, project, residual_std, INIT_STD};
 use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
 pub struct CausalSelfAttention {
     /// C -> 3C: queries, keys and values in one matmul.
-    c_attn: nn::Linear,
+    pub(super) c_attn: nn::Linear,
     /// C -> C: mixes the heads back into the residual stream.
-    c_proj: nn::Linear,
-    n_head: i64,
+    pub(super) c_proj: nn::Linear,
+    pub(super) n_head: i64,
     dropout: f64,
 }
 
@@ -70,54 +70,17 @@ impl CausalSelfAttention {
                 (k, v, t_past)
             }
         };
-        let p_attn = if train { self.dropout } else { 0.0 };
-        let y = if t_past == 0 {
-            // Square causal mask: the kernel builds it itself.
-            Tensor::scaled_dot_product_attention::<Tensor>(
-                &q, &k, &v, None, p_attn, true, None, false,
-            )
+        let dropout = if train { self.dropout } else { 0.0 };
+        let mask = if t_past == 0 {
+            Mask::Causal // square: the kernel builds the mask itself
         } else if t_new == 1 {
-            // One new query at the last position may see every cached key: no mask.
-            Tensor::scaled_dot_product_attention::<Tensor>(
-                &q, &k, &v, None, p_attn, false, None, false,
-            )
+            Mask::None // one new query at the last position may see every cached key
         } else {
             // Several new queries after a cached prefix: query i sits at t_past + i.
-            let mask = causal_mask(t_new, t_past, q.device());
-            Tensor::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                Some(&mask),
-                p_attn,
-                false,
-                None,
-                false,
-            )
+            Mask::Allowed(causal_mask(t_new, t_past, q.device()))
         };
+        let y = sdpa(&q, &k, &v, mask, dropout); // (B, H, T, D)
         self.merge(y, train)
-    }
-
-    /// One decode step of one sequence: x (C,), the newest position's normalised
-    /// residual -> (C,). The same arithmetic as `forward` on a (1, 1, C) input with a
-    /// cache, in fewer library calls (see `Gpt::decode_one`).
-    pub fn decode_one(&self, x: &Tensor, cache: &mut LayerCache) -> Tensor {
-        let c = x.size()[0];
-        let d = c / self.n_head;
-        // For B = T = 1 the (3C,) projection already is (3, B, H, T, D) in memory.
-        let qkv = project(x, &self.c_attn).view([3, 1, self.n_head, 1, d]);
-        let (k, v) = cache.append(&qkv.narrow(0, 1, 2)); // (1, H, T_past + 1, D)
-        let y = Tensor::scaled_dot_product_attention::<Tensor>(
-            &qkv.get(0),
-            &k,
-            &v,
-            None,
-            0.0,
-            false, // the one query is the newest position: it may see every key
-            None,
-            false,
-        ); // (1, H, 1, D)
-        project(&y.view([c]), &self.c_proj)
     }
 
     /// The same as `forward` without a cache, through the written-out reference kernel;
@@ -127,6 +90,30 @@ impl CausalSelfAttention {
         let (y, att) = attention_reference(&qkv.get(0), &qkv.get(1), &qkv.get(2));
         (self.merge(y, false), att)
     }
+}
+
+/// Which keys each query may attend to.
+pub(crate) enum Mask {
+    /// Every key (one query at the newest position).
+    None,
+    /// Key `j` from query `i` when `j ≤ i` (queries and keys are the same positions).
+    Causal,
+    /// Where the boolean (T_new, T_keys) tensor is true (see [`causal_mask`]).
+    Allowed(Tensor),
+}
+
+/// softmax(q·kᵀ / √D + mask)·v, with dropout `dropout` on the weights: libtorch's fused
+/// `scaled_dot_product_attention` with its eight positional arguments named.
+/// q (B, H, T_new, D), k and v (B, H, T_keys, D) -> (B, H, T_new, D).
+pub(crate) fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Mask, dropout: f64) -> Tensor {
+    let (allowed, is_causal) = match mask {
+        Mask::None => (None, false),
+        Mask::Causal => (None, true),
+        Mask::Allowed(m) => (Some(m), false),
+    };
+    let scale = None; // the default, 1/√D
+    let enable_gqa = false; // as many key/value heads as query heads
+    Tensor::scaled_dot_product_attention(q, k, v, allowed, dropout, is_causal, scale, enable_gqa)
 }
 
 /// `(T_new, T_past + T_new)` booleans, true where query `i` (at position `t_past + i`)

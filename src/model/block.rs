@@ -4,16 +4,16 @@
 //! first layers directly and deep stacks train without warmup tricks.
 
 use crate::config::ModelConfig;
-use crate::kv_cache::LayerCache;
+use crate::model::kv_cache::LayerCache;
 use crate::model::{CausalSelfAttention, LayerNorm, Mlp};
 use tch::{nn, Tensor};
 
 #[derive(Debug)]
 pub struct Block {
-    ln_1: LayerNorm,
-    attn: CausalSelfAttention,
-    ln_2: LayerNorm,
-    mlp: Mlp,
+    pub(super) ln_1: LayerNorm,
+    pub(super) attn: CausalSelfAttention,
+    pub(super) ln_2: LayerNorm,
+    pub(super) mlp: Mlp,
 }
 
 impl Block {
@@ -30,12 +30,6 @@ impl Block {
     pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
         let x = x + self.attn.forward(&self.ln_1.forward(x), cache, train);
         &x + self.mlp.forward(&self.ln_2.forward(&x), train)
-    }
-
-    /// One decode step of one sequence: x (C,) -> (C,) (see `Gpt::decode_one`).
-    pub fn decode_one(&self, x: &Tensor, cache: &mut LayerCache) -> Tensor {
-        let x = x + self.attn.decode_one(&self.ln_1.forward(x), cache);
-        &x + self.mlp.forward(&self.ln_2.forward(&x), false)
     }
 
     /// As `forward` (eval mode, no cache), also returning the attention weights (B, H, T, T).

@@ -4,16 +4,16 @@
 //! trains better on small data). The architecture of nanoGPT's `model.py`.
 
 use crate::config::ModelConfig;
-use crate::kv_cache::KvCache;
+use crate::model::kv_cache::KvCache;
 use crate::model::{dropout, Block, LayerNorm, INIT_STD};
 use tch::{nn, Reduction, Tensor};
 
 #[derive(Debug)]
 pub struct Gpt {
-    wte: nn::Embedding,
-    wpe: nn::Embedding,
-    h: Vec<Block>,
-    ln_f: LayerNorm,
+    pub(super) wte: nn::Embedding,
+    pub(super) wpe: nn::Embedding,
+    pub(super) h: Vec<Block>,
+    pub(super) ln_f: LayerNorm,
     cfg: ModelConfig,
 }
 
@@ -103,28 +103,6 @@ impl Gpt {
         }
         cache.advance(t_new);
         self.head(&x)
-    }
-
-    /// One decode step of one sequence, the fast path of generation: the id of the token
-    /// after those in `cache` (whose batch must be 1) -> its logits (V,).
-    ///
-    /// `forward_cached` on a (1, 1) input computes the same, but a one-token step does
-    /// so little arithmetic that the ~140 library calls it makes cost as much as the
-    /// arithmetic. Here the residual stream is a (C,) vector: the embeddings are two
-    /// row selections (no id tensor), the projections matrix-vector products with no
-    /// reshapes around them, the head one more (no (B, T, V) logits to slice), ~80
-    /// calls in all. `tests/generation.rs` holds it to `forward` at every position.
-    pub fn decode_one(&self, token: i64, cache: &mut KvCache) -> Tensor {
-        assert!(
-            cache.room() >= 1 && cache.batch_size() <= 1,
-            "decode_one needs room in a cache of one row; callers slide first"
-        );
-        let mut x = self.wte.ws.get(token) + self.wpe.ws.get(cache.pos()); // (C,)
-        for (block, layer) in self.h.iter().zip(cache.layers_mut()) {
-            x = block.decode_one(&x, layer);
-        }
-        cache.advance(1);
-        self.wte.ws.mv(&self.ln_f.forward(&x)) // (V, C) · (C,) -> (V,)
     }
 
     /// The uncached forward in eval mode through the written-out attention, recording the

@@ -2,19 +2,32 @@
 //! [`attention`] → [`mlp`] → [`block`] → [`gpt`]. Parameter names follow GPT-2 and
 //! nanoGPT (`wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.c_attn`, …, `ln_f`), so weights
 //! move between sympathy and the PyTorch world by name.
+//!
+//! Beside the layers: the [`kv_cache`] that the cached forward takes, the one-token
+//! fast path of generation ([`decode`]), and the model's FLOPs per token ([`flops`]).
 
 pub mod attention;
 pub mod block;
+pub mod decode;
+pub mod flops;
 pub mod gpt;
+pub mod kv_cache;
 pub mod mlp;
 
 pub use attention::CausalSelfAttention;
 pub use block::Block;
 pub use gpt::{Gpt, Trace};
+pub use kv_cache::{KvCache, LayerCache};
 pub use mlp::Mlp;
 
 use crate::config::ModelConfig;
 use tch::{nn, Tensor};
+
+/// A cross-entropy in nats ([`Gpt::loss`]) in bits: per character, the number of
+/// yes/no questions the model still needs to name the next one.
+pub fn nats_to_bits(nats: f64) -> f64 {
+    nats / std::f64::consts::LN_2
+}
 
 /// The standard deviation of every weight at initialisation (GPT-2, nanoGPT).
 pub const INIT_STD: f64 = 0.02;

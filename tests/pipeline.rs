@@ -1,4 +1,4 @@
-//! The walking skeleton's properties: tokenizer round-trip over the real corpus, the
+//! The pipeline stage by stage: tokenizer round-trip over the real corpus, the
 //! per-file split, causal masking, shapes, the two attention kernels agreeing, a tiny
 //! model memorising a batch, AdamW against a hand computation, and reproducible
 //! generation.
@@ -10,8 +10,9 @@ use sympathy::config::{ModelConfig, Preset, TrainConfig};
 use sympathy::data;
 use sympathy::model::attention::attention_reference;
 use sympathy::model::Gpt;
-use sympathy::optim::AdamW;
 use sympathy::tokenizer::{Tokenizer, CHAR_VOCAB_SIZE};
+use sympathy::train::optim::AdamW;
+use sympathy::train::params::FlatParams;
 use tch::{nn, Device, Kind, Tensor};
 
 fn tiny() -> ModelConfig {
@@ -160,17 +161,18 @@ fn a_tiny_model_memorises_one_batch() {
         weight_decay: 0.0,
         ..Preset::Tiny.train()
     };
-    let mut opt = AdamW::new(&vs, &cfg);
+    let mut params = FlatParams::new(&vs);
+    let mut opt = AdamW::new(&params, &cfg);
     let ids = random_ids(4, 17);
     let (x, y) = (ids.narrow(1, 0, 16), ids.narrow(1, 1, 16));
     let mut loss = f64::INFINITY;
     for _ in 0..300 {
         let l = Gpt::loss(&model.forward(&x, true), &y);
         l.backward();
-        let norm = opt.grad_norm().double_value(&[]);
-        opt.clip_grad_norm(norm, 1.0);
-        opt.step(1e-2);
-        opt.zero_grad();
+        let norm = params.grad_norm().double_value(&[]);
+        params.clip_grad_norm(norm, 1.0);
+        opt.step(&mut params, 1e-2);
+        params.zero_grad();
         loss = l.double_value(&[]);
     }
     assert!(loss < 0.1, "loss after 300 steps on one batch: {loss}");
@@ -196,7 +198,8 @@ fn adamw_matches_a_hand_computed_two_step_example() {
     let b = vs
         .root()
         .var_copy("b", &Tensor::from_slice(&[2.0f64]).to_kind(Kind::Float)); // 1-D: no decay
-    let mut opt = AdamW::new(&vs, &cfg);
+    let mut params = FlatParams::new(&vs);
+    let mut opt = AdamW::new(&params, &cfg);
     let c = [0.3f64, -0.2, 0.7]; // dL/dw0, dL/dw1, dL/db in step 1; doubled in step 2
     for scale in [1.0, 2.0] {
         let loss = (&w
@@ -206,8 +209,8 @@ fn adamw_matches_a_hand_computed_two_step_example() {
         .sum(Kind::Float)
             + (&b * (c[2] * scale)).sum(Kind::Float);
         loss.backward();
-        opt.step(lr);
-        opt.zero_grad();
+        opt.step(&mut params, lr);
+        params.zero_grad();
     }
     // By hand: with g1 = c and g2 = 2c, after bias correction
     // m̂2 = (1-b1)(b1+2)c / (1-b1²), v̂2 = (1-b2)(b2+4)c² / (1-b2²), and step 1 moves each

@@ -13,7 +13,7 @@
 //! slow a run down, so the fastest is the least disturbed estimate (the reasoning of
 //! Python's `timeit`).
 
-use crate::generate::{generate, GenerateConfig};
+use crate::infer::generate::{generate, GenerateConfig};
 use crate::model::Gpt;
 use crate::tokenizer::{Tokenizer, EOS};
 use crate::{Error, Result};

@@ -8,12 +8,14 @@
 //!   comes next in the prompt. Its negative log is exactly that position's term of the
 //!   training loss, so the table is the loss made visible.
 //! - **Attention.** Per layer, the (H, T, T) weights: row `t` says how much position `t`
-//!   takes from each earlier position (drawn by [`crate::plot`]).
+//!   takes from each earlier position (drawn by [`crate::see::plot`]).
 //! - **The logit lens** (nostalgebraist 2020). The residual stream after the embeddings
 //!   and after every block, at the last position, decoded by the final `ln_f` and the
 //!   tied head as if the model ended there. The last row is the model's real output;
 //!   earlier rows show how the prediction forms layer by layer.
 
+use crate::infer::sampling::ranked;
+use crate::model::nats_to_bits;
 use crate::model::Gpt;
 use crate::tokenizer::{TokenId, Tokenizer};
 use crate::{Error, Result};
@@ -72,9 +74,7 @@ pub struct Explanation {
 
 /// The `k` largest entries of a probability row (V,), most likely first.
 fn top_k(probs: &[f32], k: usize, tokenizer: &Tokenizer) -> Vec<Prediction> {
-    let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    order
+    ranked(probs)
         .into_iter()
         .take(k)
         .map(|i| prediction(i as TokenId, probs, tokenizer))
@@ -241,7 +241,7 @@ pub fn render(e: &Explanation) -> String {
         let _ = writeln!(
             s,
             "mean loss over the {n} known next characters: {mean:.4} nats ({:.3} bits/char)",
-            mean / std::f64::consts::LN_2
+            nats_to_bits(mean)
         );
     }
     let last = e.labels.last().map(String::as_str).unwrap_or("");

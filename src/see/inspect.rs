@@ -1,15 +1,16 @@
 //! `sympathy inspect`: what a model is made of and what it costs, before or after
 //! training. Every parameter tensor with its shape and share of the total, the memory
 //! that training needs (weights, gradients, AdamW moments, activations), the FLOPs per
-//! token (see [`crate::flops`]), and, for a checkpoint, how far it was trained.
+//! token (see [`crate::model::flops`]), and, for a checkpoint, how far it was trained.
 //!
 //! The parameter table is read from a real `VarStore` (built from the config, or loaded
 //! from `model.safetensors`), never from a formula, so it always shows what the code in
 //! `src/model/` actually allocates.
 
-use crate::checkpoint::State;
 use crate::config::ModelConfig;
-use crate::flops::FlopsBreakdown;
+use crate::model::flops::FlopsBreakdown;
+use crate::model::nats_to_bits;
+use crate::run::checkpoint::State;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::fmt::Write;
@@ -420,7 +421,7 @@ pub fn render(r: &Report) -> String {
             t.data.display()
         );
         let loss = |v: Option<f64>| match v {
-            Some(v) => format!("{v:.4} nats ({:.3} bits/char)", v / std::f64::consts::LN_2),
+            Some(v) => format!("{v:.4} nats ({:.3} bits/char)", nats_to_bits(v)),
             None => "not evaluated yet".to_string(),
         };
         let _ = writeln!(s, "  best val loss {}", loss(t.best_val_loss));

@@ -4,7 +4,7 @@
 //! chart's size is fixed ([`LOSS_CHART_SIZE`]) so tests can check it.
 
 use super::{fonts_available, plot_error, save, Area, DrawResult};
-use crate::metrics::Record;
+use crate::run::metrics::Record;
 use crate::{Error, Result};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
@@ -225,7 +225,7 @@ pub fn plot_runs(run_dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
                 ),
             ));
         }
-        let records = crate::metrics::read(&file)?;
+        let records = crate::run::metrics::read(&file)?;
         if records.is_empty() {
             return Err(Error::config(
                 "RUN_DIR",

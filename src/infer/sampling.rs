@@ -141,9 +141,10 @@ pub fn softmax(logits: &[f32], temperature: f64) -> Vec<f64> {
 }
 
 /// Indices sorted by probability, most likely first (ties: lower index first).
-fn ranked(probs: &[f64]) -> Vec<usize> {
+pub fn ranked<P: Copy + Into<f64>>(probs: &[P]) -> Vec<usize> {
+    let p = |i: usize| -> f64 { probs[i].into() };
     let mut order: Vec<usize> = (0..probs.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| p(b).total_cmp(&p(a)).then(a.cmp(&b)));
     order
 }
 

@@ -19,8 +19,8 @@
 //! matrices serves every layer, so the data sits warmer in cache than in a real step:
 //! both make the floor lower, i.e. a true bound.
 
-use crate::bench::{median, sync};
 use crate::config::ModelConfig;
+use crate::runtime::timing::{median, sync};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 

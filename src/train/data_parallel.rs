@@ -10,9 +10,9 @@
 //! So each core can get its own slice of the batch instead (`--workers N`): `n` workers,
 //! each a thread running forward and backward with one intra-op thread, no barriers
 //! between them until the step ends. Worker 0 is the caller's model; the others are replicas
-//! whose weights are views of the same buffer (see [`AdamW::share_weights`]), so one
+//! whose weights are views of the same buffer (see [`FlatParams::share_weights`]), so one
 //! optimizer update reaches all of them, while each replica's gradients go to a buffer
-//! of its own and are added into the optimizer's at the end. Each worker's loss is
+//! of its own and are added into the trainer's at the end. Each worker's loss is
 //! weighted by its share of the batch, so the summed gradient is the gradient of the
 //! whole batch's mean loss, up to float rounding.
 //!
@@ -21,16 +21,17 @@
 //! draws from libtorch's one global generator, in whatever order the workers reach it,
 //! so with dropout the caller should use one worker.
 
+use super::params::FlatParams;
 use crate::config::ModelConfig;
 use crate::model::Gpt;
-use crate::optim::AdamW;
+use crate::runtime::threads::one_thread_each;
 use crate::{Error, Result};
 use std::time::Instant;
 use tch::{nn, Device, Tensor};
 
 /// A second copy of the model that shares the weights and keeps its own gradients.
 struct Replica {
-    /// Owns the replica's variables (views of the optimizer's weight buffer).
+    /// Owns the replica's variables (views of the trainer's weight buffer).
     _vs: nn::VarStore,
     model: Gpt,
     grad: Tensor,
@@ -40,8 +41,8 @@ pub struct DataParallel {
     replicas: Vec<Replica>,
 }
 
-/// What one step of the workers did.
-pub struct Outcome {
+/// What one forward and backward pass did.
+pub struct ForwardBackward {
     /// The weighted sum of the workers' losses (the batch's mean loss times `scale`),
     /// detached.
     pub loss: Tensor,
@@ -73,41 +74,16 @@ pub fn check_workers(workers: usize, cfg: &ModelConfig) -> Result<usize> {
     Ok(workers)
 }
 
-/// Runs every job at once, each on a thread of its own with one intra-op thread (that
-/// thread's OpenMP and MKL setting), and returns their results in order. Setting it
-/// also lowers the default that later threads start from, so the caller's count is
-/// restored at the end.
-pub(crate) fn one_thread_each<T: Send>(jobs: Vec<impl FnOnce() -> T + Send>) -> Vec<T> {
-    let threads_before = tch::get_num_threads();
-    let results = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|job| {
-                s.spawn(move || {
-                    tch::set_num_threads(1);
-                    job()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a worker thread panicked"))
-            .collect()
-    });
-    tch::set_num_threads(threads_before);
-    results
-}
-
 impl DataParallel {
     /// `workers` in all, the caller's model being the first: builds `workers - 1`
-    /// replicas of a `cfg` model on `device` that share `opt`'s weights.
-    pub fn new(cfg: &ModelConfig, device: Device, opt: &AdamW, workers: usize) -> Self {
+    /// replicas of a `cfg` model on `device` that share the weights of `params`.
+    pub fn new(cfg: &ModelConfig, device: Device, params: &FlatParams, workers: usize) -> Self {
         let replicas = (1..workers.max(1))
             .map(|_| {
                 let mut vs = nn::VarStore::new(device);
                 let model = Gpt::new(&vs.root(), cfg);
-                vs.set_kind(opt.kind()); // bf16 when the caller converted its model
-                let grad = opt.share_weights(&vs);
+                vs.set_kind(params.kind()); // bf16 when the caller converted its model
+                let grad = params.share_weights(&vs);
                 Replica {
                     _vs: vs,
                     model,
@@ -124,16 +100,16 @@ impl DataParallel {
     }
 
     /// Forward and backward of `model` and the replicas, each on its slice of the
-    /// batch `x`, `y` (B, T), in parallel; the gradients end up in `opt`, as if
+    /// batch `x`, `y` (B, T), in parallel; the gradients end up in `params`, as if
     /// `(mean loss × scale).backward()` had run on the whole batch.
     pub fn forward_backward(
         &mut self,
         model: &mut Gpt,
-        opt: &mut AdamW,
+        params: &mut FlatParams,
         x: &Tensor,
         y: &Tensor,
         scale: f64,
-    ) -> Outcome {
+    ) -> ForwardBackward {
         let b = x.size()[0];
         let n = (self.workers() as i64).min(b);
         // Rows per worker: as even as can be, the first ones taking the remainder.
@@ -159,11 +135,11 @@ impl DataParallel {
             .collect();
         let results = one_thread_each(jobs);
         for r in self.replicas.iter_mut().take(n as usize - 1) {
-            opt.absorb_grads(&mut r.grad);
+            params.absorb_grads(&mut r.grad);
         }
         let ms_forward = results.iter().map(|r| r.1).sum::<f64>() / n as f64;
         let losses: Vec<Tensor> = results.into_iter().map(|r| r.0).collect();
-        Outcome {
+        ForwardBackward {
             loss: Tensor::stack(&losses, 0).sum(tch::Kind::Float),
             ms_forward,
         }

@@ -10,7 +10,6 @@
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::model::Gpt;
-use crate::optim::AdamW;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, Step};
 use serde::{Deserialize, Serialize};
@@ -30,6 +29,17 @@ pub const BEST: &str = "ckpt-best";
 pub struct DataSpec {
     pub root: PathBuf,
     pub ext: String,
+}
+
+/// What a checkpoint needs of an optimizer: its state as named tensors, out and back
+/// in. The checkpoint stores them in `optimizer.safetensors` without knowing what they
+/// mean, so the optimizer owns its layout.
+pub trait OptimizerState {
+    /// The tensors to save, each with a stable name.
+    fn state_tensors(&self) -> Vec<(String, Tensor)>;
+    /// Restores what [`Self::state_tensors`] gave out, read from `source` (for messages);
+    /// every name and shape must match.
+    fn load_state(&mut self, tensors: &[(String, Tensor)], source: &Path) -> Result<()>;
 }
 
 /// Everything in `state.json`.
@@ -280,7 +290,7 @@ pub fn load(path: &Path, device: Device) -> Result<Loaded> {
 }
 
 /// Restores the optimizer state saved in checkpoint directory `dir`.
-pub fn load_optimizer(dir: &Path, opt: &mut AdamW) -> Result<()> {
+pub fn load_optimizer(dir: &Path, opt: &mut impl OptimizerState) -> Result<()> {
     let file = dir.join("optimizer.safetensors");
     let tensors = read_tensors(&file)?;
     opt.load_state(&tensors, &file)
@@ -292,7 +302,7 @@ pub fn save_atomically(
     run_dir: &Path,
     name: &str,
     vs: &nn::VarStore,
-    opt: &AdamW,
+    opt: &impl OptimizerState,
     state: &State,
 ) -> Result<PathBuf> {
     let final_dir = run_dir.join(name);

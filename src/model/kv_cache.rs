@@ -48,11 +48,6 @@ impl LayerCache {
         self.len == 0
     }
 
-    /// The cached keys and values, each (B, H, len, D), as views of the buffer.
-    pub fn get(&self) -> Option<(Tensor, Tensor)> {
-        self.kv.as_ref().map(|kv| split(&kv.narrow(3, 0, self.len)))
-    }
-
     /// Writes the new positions' keys and values, stacked as (2, B, H, T_new, D), after
     /// the cached ones and returns views of all of them, each (B, H, len + T_new, D).
     pub fn append(&mut self, kv_new: &Tensor) -> (Tensor, Tensor) {
@@ -112,11 +107,6 @@ impl KvCache {
     /// The position of the next token, i.e. how many are cached.
     pub fn pos(&self) -> i64 {
         self.pos
-    }
-
-    /// The most positions the cache may hold (at most the model's `block_size`).
-    pub fn capacity(&self) -> i64 {
-        self.capacity
     }
 
     /// How many more positions fit.

@@ -6,38 +6,38 @@
 //! `torch.optim.AdamW` (single-tensor path), line for line, so the parity test can hold
 //! it to a PyTorch trajectory.
 //!
-//! Weight decay groups (as nanoGPT): every tensor with 2 or more dimensions (the Linear
-//! weights and the embeddings, tied head included) decays; biases and LayerNorm gains
-//! do not, since pulling a gain towards 0 or a bias towards 0 is not regularisation.
-//!
-//! [`AdamW::step_reference`] is that update, one parameter at a time, for reading.
-//! [`AdamW::step`] computes the same thing through [`crate::fused_adamw`]: the
-//! optimizer keeps all parameters, gradients and moments in flat buffers and updates
-//! them in one pass (a test holds the two to each other).
+//! The optimizer owns its moments and nothing else: the parameters and gradients it
+//! updates are the trainer's ([`super::params::FlatParams`], which also groups them for
+//! weight decay), handed to every step. [`AdamW::step_reference`] is the update, one
+//! parameter at a time, for reading. [`AdamW::step`] computes the same thing through
+//! [`super::fused_adamw`]: the moments are flat buffers laid out like the parameters',
+//! and the update is one pass over all four (a test holds the two to each other).
 
+use super::fused_adamw::{self, Flat, StepScalars};
+use super::params::{view_at, FlatParams};
 use crate::config::TrainConfig;
-use crate::fused_adamw::{self, Flat, Hyper};
+use crate::run::checkpoint::OptimizerState;
 use crate::{Error, Result, Step};
 use std::f64::consts::PI;
-use tch::{nn, Kind, Tensor};
+use std::path::Path;
+use tch::{Kind, Tensor};
 
-/// One parameter and its two moment estimates (views into the flat buffers).
-struct ParamState {
+/// One parameter's two moment estimates (views of the flat moment buffers).
+struct Moments {
+    /// The parameter's name, which names the moments in the saved state.
     name: String,
-    param: Tensor,
     /// First moment, the running mean of gradients.
     m: Tensor,
     /// Second moment, the running mean of squared gradients.
     v: Tensor,
-    decay: bool,
-    /// Where it starts in the flat buffers.
-    offset: i64,
 }
 
 pub struct AdamW {
-    params: Vec<ParamState>,
-    /// The same parameters, gradients and moments as one buffer each.
-    flat: Flat,
+    /// Per parameter, in the order of [`FlatParams::params`].
+    moments: Vec<Moments>,
+    /// All first and second moments, laid out like [`FlatParams::values`].
+    m: Tensor,
+    v: Tensor,
     /// Updates done so far; the bias corrections depend on it.
     step: i64,
     beta1: f64,
@@ -47,38 +47,23 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Takes every trainable variable of `vs`, in name order so the state file is stable,
-    /// and moves them into the optimizer's flat buffers (see [`crate::fused_adamw`]):
-    /// the model's tensors keep their values but share one allocation from here on,
-    /// and each gets a zero `.grad`.
-    pub fn new(vs: &nn::VarStore, cfg: &TrainConfig) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut tensors: Vec<(Tensor, bool)> = vars
+    /// Zero moments for every parameter of `params` (the model is not touched).
+    pub fn new(params: &FlatParams, cfg: &TrainConfig) -> Self {
+        let m = params.values().zeros_like();
+        let v = params.values().zeros_like();
+        let moments = params
+            .params()
             .iter()
-            .map(|(_, t)| (t.shallow_clone(), t.dim() >= 2))
-            .collect();
-        let (flat, slots) = fused_adamw::flatten(&mut tensors);
-        let params = vars
-            .into_iter()
-            .zip(tensors)
-            .zip(slots)
-            .map(|(((name, _), (param, decay)), slot)| ParamState {
-                m: slot.m,
-                v: slot.v,
-                offset: slot.offset,
-                decay,
-                name,
-                param,
+            .map(|p| Moments {
+                name: p.name.clone(),
+                m: view_at(&m, p.offset, &p.tensor),
+                v: view_at(&v, p.offset, &p.tensor),
             })
             .collect();
         AdamW {
-            params,
-            flat,
+            moments,
+            m,
+            v,
             step: 0,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
@@ -87,69 +72,15 @@ impl AdamW {
         }
     }
 
-    /// Makes `replica`, a VarStore holding a second copy of the same model, share this
-    /// optimizer's weights (its variables become views of the same buffer, so every
-    /// update reaches it), and gives its gradients a flat buffer of their own, laid out
-    /// like ours; returns that buffer. See [`crate::data_parallel`].
-    pub fn share_weights(&self, replica: &nn::VarStore) -> Tensor {
-        let mut vars = replica.variables();
-        let grad = self.flat.grad.zeros_like();
-        let replica_vars: Vec<&Tensor> = self.params.iter().map(|p| &vars[&p.name]).collect();
-        fused_adamw::define_grads(&replica_vars);
-        tch::no_grad(|| {
-            for p in &self.params {
-                let var = vars
-                    .get_mut(&p.name)
-                    .expect("the replica has the same variables");
-                let _ = var.set_source_tensor_(&p.param);
-                let _ = var
-                    .grad()
-                    .set_source_tensor_(&fused_adamw::view_at(&grad, p.offset, &p.param));
-            }
-        });
-        grad
-    }
-
-    /// Adds a replica's gradients (the buffer [`Self::share_weights`] returned) into
-    /// ours, and zeroes them for its next backward pass.
-    pub fn absorb_grads(&mut self, replica_grad: &mut Tensor) {
-        tch::no_grad(|| {
-            let _ = self.flat.grad.g_add_(replica_grad);
-            let _ = replica_grad.zero_();
-        });
-    }
-
-    /// The dtype of the parameters (and of every flat buffer).
-    pub fn kind(&self) -> Kind {
-        self.flat.param.kind()
-    }
-
     /// Updates done so far.
     pub fn steps_done(&self) -> i64 {
         self.step
     }
 
-    /// The global L2 norm of all gradients, as one scalar tensor (no host sync): the
-    /// norm of the flat gradient buffer, which is the norm of the per-tensor norms.
-    pub fn grad_norm(&self) -> Tensor {
-        self.flat.grad.norm()
-    }
-
-    /// Scales every gradient by `max_norm / norm` when the global norm exceeds `max_norm`
-    /// (Pascanu et al. 2013), as `torch.nn.utils.clip_grad_norm_` does.
-    pub fn clip_grad_norm(&mut self, norm: f64, max_norm: f64) {
-        let coef = max_norm / (norm + 1e-6);
-        if max_norm > 0.0 && coef < 1.0 {
-            tch::no_grad(|| {
-                let _ = self.flat.grad.g_mul_scalar_(coef);
-            });
-        }
-    }
-
     /// The scalars of update number `self.step` at learning rate `lr`.
-    fn hyper(&self, lr: f64) -> Hyper {
+    fn scalars(&self, lr: f64) -> StepScalars {
         let t = self.step as i32;
-        Hyper {
+        StepScalars {
             decay: 1.0 - lr * self.weight_decay,
             beta1: self.beta1,
             beta2: self.beta2,
@@ -159,58 +90,65 @@ impl AdamW {
         }
     }
 
-    /// One AdamW update at learning rate `lr`: [`Self::step_reference`]'s arithmetic in
-    /// one pass over the flat buffers.
-    pub fn step(&mut self, lr: f64) {
+    /// The flat buffers of one update: `params`' values and gradients, our moments.
+    fn flat<'a>(&'a self, params: &'a FlatParams) -> Flat<'a> {
+        Flat {
+            param: params.values(),
+            grad: params.grads(),
+            m: &self.m,
+            v: &self.v,
+            n_decay: params.n_decay(),
+        }
+    }
+
+    /// One AdamW update of `params` at learning rate `lr`: [`Self::step_reference`]'s
+    /// arithmetic in one pass over the flat buffers.
+    pub fn step(&mut self, params: &mut FlatParams, lr: f64) {
         self.step += 1;
-        let hyper = self.hyper(lr);
-        fused_adamw::step(&mut self.flat, &hyper);
+        fused_adamw::step(&self.flat(params), &self.scalars(lr));
     }
 
     /// [`Self::step`] through the flat buffers with tensor ops, the path CUDA and bf16
     /// take; public so tests can compare it with the CPU loop.
-    pub fn step_flat_ops(&mut self, lr: f64) {
+    pub fn step_flat_ops(&mut self, params: &mut FlatParams, lr: f64) {
         self.step += 1;
-        let hyper = self.hyper(lr);
-        fused_adamw::step_tensor_ops(&mut self.flat, &hyper);
+        fused_adamw::step_tensor_ops(&self.flat(params), &self.scalars(lr));
     }
 
     /// One AdamW update at learning rate `lr`, written out one parameter at a time as
     /// PyTorch's single-tensor `AdamW` does. The reference for [`Self::step`].
-    pub fn step_reference(&mut self, lr: f64) {
+    pub fn step_reference(&mut self, params: &mut FlatParams, lr: f64) {
         self.step += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let bias_correction1 = 1.0 - b1.powi(self.step as i32);
         let bias_correction2 = 1.0 - b2.powi(self.step as i32);
         let step_size = lr / bias_correction1;
         tch::no_grad(|| {
-            for p in &mut self.params {
-                let g = p.param.grad();
+            for (param, p) in params.params().iter().zip(&mut self.moments) {
+                let mut theta = param.tensor.shallow_clone();
+                let g = theta.grad();
                 if !g.defined() {
                     continue; // a parameter the loss did not reach
                 }
-                if p.decay {
+                if param.decay {
                     // Decoupled decay: shrink the weight itself, not the gradient.
-                    let _ = p.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                    let _ = theta.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
                 let _ = p.m.lerp_(&g, 1.0 - b1); // m ← β1·m + (1-β1)·g
                 let _ = p.v.g_mul_scalar_(b2).addcmul_(&(&g * (1.0 - b2)), &g); // v ← β2·v + (1-β2)·g²
                 let denom = p.v.sqrt() / bias_correction2.sqrt() + self.eps;
-                let _ = p.param.addcdiv_(&(&p.m * -step_size), &denom); // θ ← θ - lr·m̂/(√v̂ + ε)
+                let _ = theta.addcdiv_(&(&p.m * -step_size), &denom); // θ ← θ - lr·m̂/(√v̂ + ε)
             }
         });
     }
+}
 
-    /// Sets every gradient to zero: one fill of the flat gradient buffer, which every
-    /// `.grad` is a view of (no reallocation per step).
-    pub fn zero_grad(&mut self) {
-        let _ = self.flat.grad.zero_();
-    }
-
+/// The moments `m.{name}`, `v.{name}` of every parameter, and `step`.
+impl OptimizerState for AdamW {
     /// The state to save: `m.{name}`, `v.{name}` for every parameter, and `step`.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::with_capacity(2 * self.params.len() + 1);
-        for p in &self.params {
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.moments.len() + 1);
+        for p in &self.moments {
             out.push((format!("m.{}", p.name), p.m.shallow_clone()));
             out.push((format!("v.{}", p.name), p.v.shallow_clone()));
         }
@@ -219,16 +157,12 @@ impl AdamW {
     }
 
     /// Restores what `state_tensors` saved; every name and shape must match.
-    pub fn load_state(
-        &mut self,
-        tensors: &[(String, Tensor)],
-        source: &std::path::Path,
-    ) -> Result<()> {
+    fn load_state(&mut self, tensors: &[(String, Tensor)], source: &Path) -> Result<()> {
         let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let missing =
             |name: &str| Error::checkpoint(source, format!("optimizer state has no tensor {name}"));
         tch::no_grad(|| {
-            for p in &mut self.params {
+            for p in &mut self.moments {
                 for (key, slot) in [
                     (format!("m.{}", p.name), &mut p.m),
                     (format!("v.{}", p.name), &mut p.v),

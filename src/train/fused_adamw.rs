@@ -1,128 +1,37 @@
 //! The fast path of AdamW: every parameter, gradient and moment in one flat buffer, and
 //! the update as one pass over it.
 //!
-//! The reference update in [`crate::optim`] runs about eight tensor ops for each of the
+//! The reference update in [`crate::train::optim`] runs about eight tensor ops for each of the
 //! model's ~50–150 tensors; each op is a separate pass over memory and, on the CPU, a
 //! separate parallel region whose threads must meet at a barrier. For a small model the
 //! optimizer then costs as much as the forward pass, and on a busy machine every barrier
 //! waits for the slowest thread.
 //!
-//! So the optimizer re-homes the weights: at construction it allocates one contiguous
-//! buffer for all parameters (decayed tensors first, then the others) and makes every
-//! parameter a view into it; likewise the gradients (`.grad` of each parameter is set to
-//! a view of one gradient buffer, and autograd then accumulates into it in place), and
-//! the two moments. The model code does not notice: its tensors are the same tensors,
-//! now backed by slices of one allocation. Then
-//! - zeroing all gradients is one `fill`, the global gradient norm one `norm`, clipping
-//!   one `mul_`;
+//! So the parameters and their gradients live in flat buffers ([`super::params`]), and
+//! the optimizer keeps its two moments the same way. Then
 //! - on the CPU in fp32 the update is the loop in `update_range`, written out, that
 //!   reads and writes each element of θ, g, m and v once (split over the intra-op
 //!   threads), instead of eight passes;
 //! - elsewhere (CUDA, bf16) it is the reference's ops once over the whole buffer.
 //!
-//! A test holds both paths to the reference (`tests/bench.rs`).
+//! A test holds both paths to the reference (`tests/optim.rs`).
 
 use tch::{Device, Kind, Tensor};
 
-/// Parameters, gradients and moments, each one contiguous 1-D buffer.
-pub(crate) struct Flat {
-    pub param: Tensor,
-    pub grad: Tensor,
-    pub m: Tensor,
-    pub v: Tensor,
+/// Parameters, gradients and moments, each one contiguous 1-D buffer of one layout.
+pub(crate) struct Flat<'a> {
+    pub param: &'a Tensor,
+    pub grad: &'a Tensor,
+    pub m: &'a Tensor,
+    pub v: &'a Tensor,
     /// Elements `[0, n_decay)` belong to tensors with weight decay, the rest to tensors
     /// without.
     pub n_decay: i64,
 }
 
-/// One parameter's place in the buffers.
-pub(crate) struct Slot {
-    /// Where the parameter starts in every buffer.
-    pub offset: i64,
-    /// Views of the moment buffers, shaped like the parameter.
-    pub m: Tensor,
-    pub v: Tensor,
-}
-
-/// Gives every tensor of `params` a `.grad` (zeros), so that it can be re-homed: one
-/// backward through zero defines them all, since tch has no setter for `.grad`.
-pub(crate) fn define_grads(params: &[&Tensor]) {
-    // Summed in each tensor's own dtype, so each gradient has that dtype too.
-    let touch: Vec<Tensor> = params.iter().map(|p| p.sum(p.kind())).collect();
-    if !touch.is_empty() {
-        let kind = touch[0].kind();
-        (Tensor::stack(&touch, 0).sum(kind) * 0.0).backward();
-    }
-}
-
-/// `buf[offset..offset + numel]` shaped like `like`.
-pub(crate) fn view_at(buf: &Tensor, offset: i64, like: &Tensor) -> Tensor {
-    buf.narrow(0, offset, like.numel() as i64)
-        .view(like.size().as_slice())
-}
-
-/// Moves `params` (each with its decay flag) into flat buffers and returns them with
-/// the moment views of each parameter, in the order given. Values are kept; gradients
-/// start at zero.
-pub(crate) fn flatten(params: &mut [(Tensor, bool)]) -> (Flat, Vec<Slot>) {
-    let kind = params.first().map_or(Kind::Float, |p| p.0.kind());
-    let device = params.first().map_or(Device::Cpu, |p| p.0.device());
-    assert!(
-        params
-            .iter()
-            .all(|p| p.0.kind() == kind && p.0.device() == device),
-        "AdamW needs all parameters in one dtype on one device"
-    );
-    // Decayed tensors first, so the decay is one boundary in the buffer.
-    let mut order: Vec<usize> = (0..params.len()).collect();
-    order.sort_by_key(|&i| !params[i].1);
-    let n_decay: i64 = params
-        .iter()
-        .filter(|p| p.1)
-        .map(|p| p.0.numel() as i64)
-        .sum();
-    let total: i64 = params.iter().map(|p| p.0.numel() as i64).sum();
-    let opts = (kind, device);
-    let mut flat = Flat {
-        param: Tensor::zeros([total], opts),
-        grad: Tensor::zeros([total], opts),
-        m: Tensor::zeros([total], opts),
-        v: Tensor::zeros([total], opts),
-        n_decay,
-    };
-
-    define_grads(&params.iter().map(|p| &p.0).collect::<Vec<_>>());
-    let mut offsets = vec![0i64; params.len()];
-    let mut offset = 0;
-    for &i in &order {
-        offsets[i] = offset;
-        offset += params[i].0.numel() as i64;
-    }
-    let slots = tch::no_grad(|| {
-        params
-            .iter_mut()
-            .zip(offsets)
-            .map(|((p, _), offset)| {
-                let mut pv = view_at(&flat.param, offset, p);
-                pv.copy_(p);
-                // The parameter now lives in the buffer (same tensor, new storage).
-                let _ = p.set_source_tensor_(&pv);
-                let _ = p.grad().set_source_tensor_(&view_at(&flat.grad, offset, p));
-                Slot {
-                    offset,
-                    m: view_at(&flat.m, offset, p),
-                    v: view_at(&flat.v, offset, p),
-                }
-            })
-            .collect()
-    });
-    let _ = flat.grad.zero_();
-    (flat, slots)
-}
-
 /// The scalars of one AdamW update, as the reference computes them.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Hyper {
+pub(crate) struct StepScalars {
     /// `1 - lr·weight_decay`, the decay factor of decayed weights.
     pub decay: f64,
     pub beta1: f64,
@@ -135,7 +44,7 @@ pub(crate) struct Hyper {
 }
 
 /// One AdamW update of the whole buffer.
-pub(crate) fn step(flat: &mut Flat, h: &Hyper) {
+pub(crate) fn step(flat: &Flat, h: &StepScalars) {
     if flat.param.device() == Device::Cpu && flat.param.kind() == Kind::Float {
         step_cpu_f32(flat, h);
     } else {
@@ -144,29 +53,27 @@ pub(crate) fn step(flat: &mut Flat, h: &Hyper) {
 }
 
 /// The reference's ops, once over the buffer instead of once per parameter.
-pub(crate) fn step_tensor_ops(flat: &mut Flat, h: &Hyper) {
+pub(crate) fn step_tensor_ops(flat: &Flat, h: &StepScalars) {
     tch::no_grad(|| {
-        let g = &flat.grad;
-        let _ = flat.param.narrow(0, 0, flat.n_decay).g_mul_scalar_(h.decay);
-        let _ = flat.m.lerp_(g, 1.0 - h.beta1);
-        let _ = flat
-            .v
-            .g_mul_scalar_(h.beta2)
-            .addcmul_(&(g * (1.0 - h.beta2)), g);
-        let denom = flat.v.sqrt() / h.bias_correction2_sqrt + h.eps;
-        let _ = flat.param.addcdiv_(&(&flat.m * -h.step_size), &denom);
+        let (param, g) = (flat.param.shallow_clone(), flat.grad);
+        let (mut m, mut v) = (flat.m.shallow_clone(), flat.v.shallow_clone());
+        let _ = param.narrow(0, 0, flat.n_decay).g_mul_scalar_(h.decay);
+        let _ = m.lerp_(g, 1.0 - h.beta1);
+        let _ = v.g_mul_scalar_(h.beta2).addcmul_(&(g * (1.0 - h.beta2)), g);
+        let denom = v.sqrt() / h.bias_correction2_sqrt + h.eps;
+        let _ = param.shallow_clone().addcdiv_(&(&m * -h.step_size), &denom);
     });
 }
 
 /// The update as one loop over f32 memory, split into one contiguous chunk per thread.
-fn step_cpu_f32(flat: &mut Flat, h: &Hyper) {
+fn step_cpu_f32(flat: &Flat, h: &StepScalars) {
     let n = flat.param.numel();
     // SAFETY: the four buffers are distinct, contiguous, f32 CPU tensors of `n`
     // elements that this optimizer owns; libtorch runs CPU ops eagerly, so no kernel
     // touches them while the slices live, and the threads below get disjoint chunks.
     let (p, g, m, v) = unsafe {
         let f = |t: &Tensor| std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n);
-        (f(&flat.param), f(&flat.grad), f(&flat.m), f(&flat.v))
+        (f(flat.param), f(flat.grad), f(flat.m), f(flat.v))
     };
     let threads = (tch::get_num_threads().max(1) as usize).min(n / 4096 + 1);
     let chunk = n.div_ceil(threads).next_multiple_of(16).max(16);
@@ -206,7 +113,14 @@ fn step_cpu_f32(flat: &mut Flat, h: &Hyper) {
 /// v ← β2·v + (1-β2)·g·g
 /// θ ← θ - (lr/(1-β1^t))·m / (√v/√(1-β2^t) + ε)
 /// ```
-fn update_range(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: &Hyper, decay: f32) {
+fn update_range(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    h: &StepScalars,
+    decay: f32,
+) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.
@@ -225,7 +139,7 @@ unsafe fn update_range_avx2(
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    h: &Hyper,
+    h: &StepScalars,
     decay: f32,
 ) {
     update_range_body::<true>((p, g, m, v), h, decay)
@@ -242,7 +156,7 @@ type Slices<'a> = (&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32]);
 /// which only pays where the CPU has FMA (elsewhere it is a library call) and where the
 /// reference fuses it too; otherwise a multiply and an add, as ATen's scalar code does.
 #[inline(always)]
-fn update_range_body<const FUSED_LERP: bool>((p, g, m, v): Slices, h: &Hyper, decay: f32) {
+fn update_range_body<const FUSED_LERP: bool>((p, g, m, v): Slices, h: &StepScalars, decay: f32) {
     let w1 = (1.0 - h.beta1) as f32;
     let b2 = h.beta2 as f32;
     let w2 = (1.0 - h.beta2) as f32;

@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn training_flops_are_six_n_plus_the_attention_term() {
-        for preset in [Preset::Tiny, Preset::Small, Preset::Seed] {
+        for preset in [Preset::Tiny, Preset::Small, Preset::Large] {
             let cfg = preset.model(131);
             let (l, c, t, v) = (cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size);
             let n = 12 * l * c * c + v * c;

@@ -18,12 +18,12 @@
 //! the last `block_size` tokens at every step instead, so past the context the two paths
 //! legitimately see different windows (the tests check each against its own policy).
 
-use crate::kv_cache::KvCache;
+use crate::infer::sampling::{Sampler, SamplingConfig};
+use crate::infer::stop_strings::StopMatcher;
+use crate::model::kv_cache::KvCache;
 use crate::model::Gpt;
-use crate::sampling::{Sampler, SamplingConfig};
-use crate::stop::StopMatcher;
+use crate::runtime::torch_ext::InferenceMode;
 use crate::tokenizer::{TokenId, Tokenizer, EOS};
-use crate::torch_ext::InferenceMode;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -220,8 +220,13 @@ fn ids_tensor(rows: &[&[TokenId]], device: Device) -> Tensor {
 
 /// The context window generation uses: `cfg.block_size` checked against the model's.
 pub fn context_window(model: &Gpt, cfg: &GenerateConfig) -> Result<i64> {
-    let model_block = model.config().block_size;
-    match cfg.block_size {
+    check_context(cfg.block_size, model.config().block_size)
+}
+
+/// `--block-size` against a model's context `model_block`: between 1 and it, and
+/// the model's own when unset.
+pub fn check_context(block_size: Option<i64>, model_block: i64) -> Result<i64> {
+    match block_size {
         Some(b) if b < 1 || b > model_block => Err(Error::config(
             "--block-size",
             format!("{b} must be between 1 and the model's context {model_block}"),
@@ -229,6 +234,14 @@ pub fn context_window(model: &Gpt, cfg: &GenerateConfig) -> Result<i64> {
         Some(b) => Ok(b),
         None => Ok(model_block),
     }
+}
+
+/// `--num-samples`: at least one completion.
+pub fn check_num_samples(num_samples: usize) -> Result<()> {
+    if num_samples == 0 {
+        return Err(Error::config("--num-samples", "must be at least 1"));
+    }
+    Ok(())
 }
 
 /// How many of the newest tokens the cached path keeps when its window is full: half
@@ -262,9 +275,7 @@ pub fn generate_batch(
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Vec<Completion>> {
     cfg.sampling.validate()?;
-    if num_samples == 0 {
-        return Err(Error::config("--num-samples", "must be at least 1"));
-    }
+    check_num_samples(num_samples)?;
     let block = context_window(model, cfg)?;
     if prompt.is_empty() || prompt.len() > block as usize {
         return Err(Error::config(

@@ -1,0 +1,7 @@
+//! Seeing inside a model: [`inspect`] (parameters, memory, FLOPs, training summary),
+//! [`explain`] (per-position predictions, attention, the logit lens) and [`plot`]
+//! (loss curves and attention maps as PNG).
+
+pub mod explain;
+pub mod inspect;
+pub mod plot;

@@ -1,0 +1,548 @@
+//! The training loop, as nanoGPT's reads: open the run (fresh or resumed), then per
+//! step forward and backward over the micro-batches, clip and update, evaluate and
+//! checkpoint every so often, log; finish with a checkpoint.
+//!
+//! ```text
+//! let mut run = Run::open(opts)?;
+//! while run.should_continue(stop) {
+//!     let (loss, grad_norm) = run.forward_backward();
+//!     run.update(loss, grad_norm)?;
+//!     run.evaluate_and_checkpoint(loss, grad_norm)?;
+//! }
+//! run.finish()
+//! ```
+//!
+//! The step's parts are shared with `bench train` ([`step::Trainer`]).
+//!
+//! A run is a pure function of its configs and seed. Batches depend only on
+//! (seed, step) (see [`Batches::get`]), libtorch's generator (dropout) is reseeded from
+//! (seed, step) before every step, and AdamW's state is saved, so a run resumed from a
+//! checkpoint repeats, bit for bit on the CPU, what the uninterrupted run would do.
+
+pub mod data_parallel;
+pub mod eval;
+pub mod fused_adamw;
+pub mod optim;
+pub mod params;
+pub mod step;
+
+use crate::config::{ModelConfig, TrainConfig};
+use crate::data::{Batches, TokenStreams};
+use crate::model::flops;
+use crate::model::nats_to_bits;
+use crate::run::checkpoint::{self, DataSpec, State, BEST, LATEST};
+use crate::run::lock::RunLock;
+use crate::run::metrics::{MetricsWriter, Record};
+use crate::runtime::device::Dtype;
+use crate::runtime::matmul_peak::quick_peak;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result, Step};
+pub use eval::evaluate;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use optim::LrSchedule;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use step::Trainer;
+use tch::{Device, Kind, Tensor};
+
+/// After this many non-finite steps in a row, training stops instead of skipping more.
+pub const MAX_NONFINITE_IN_A_ROW: u64 = 5;
+
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub ext: String,
+    pub out: PathBuf,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub device: Device,
+    /// Continue the checkpoint in `out` instead of starting fresh.
+    pub resume: bool,
+    /// Data-parallel workers (1: libtorch's intra-op threads alone; see `data_parallel`).
+    pub workers: usize,
+    /// No progress bar and no log lines (tests).
+    pub quiet: bool,
+}
+
+/// Set from the signal handlers: finish the step, checkpoint, stop.
+#[derive(Clone, Default)]
+pub struct StopFlags {
+    pub interrupt: Arc<AtomicBool>,
+    pub terminate: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopCause {
+    MaxSteps,
+    MaxMinutes,
+    /// `--stop-at-step`: a planned pause; `--resume` continues on the same schedule.
+    StopAtStep,
+    /// SIGINT (Ctrl-C); the CLI exits with 130.
+    Interrupted,
+    /// SIGTERM; the CLI exits with 143.
+    Terminated,
+}
+
+#[derive(Debug)]
+pub struct TrainSummary {
+    pub step: Step,
+    pub tokens_seen: u64,
+    pub last_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub best_val_loss: Option<f64>,
+    pub tokens_per_s: f64,
+    pub checkpoint: PathBuf,
+    pub cause: StopCause,
+}
+
+/// Trains as `opts` says and returns where it stopped. Stops at `max_steps`, after
+/// `max_minutes`, or when a flag in `stop` is raised; always leaves a checkpoint.
+pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
+    let mut run = match Run::open(opts)? {
+        Opened::Ready(run) => run,
+        Opened::AlreadyDone(summary) => return Ok(summary),
+    };
+    while run.should_continue(stop) {
+        let (loss, grad_norm) = run.forward_backward();
+        run.update(loss, grad_norm)?;
+        run.evaluate_and_checkpoint(loss, grad_norm)?;
+    }
+    run.finish()
+}
+
+/// What [`Run::open`] found: a run to train, or one already at `max_steps`.
+enum Opened<'a> {
+    Ready(Box<Run<'a>>),
+    AlreadyDone(TrainSummary),
+}
+
+/// A training run in progress: the model and optimizer, the data, the schedule, the
+/// state that goes into checkpoints, and the progress shown on the way.
+struct Run<'a> {
+    opts: &'a TrainOptions,
+    trainer: Trainer,
+    state: State,
+    schedule: LrSchedule,
+    train_batches: Batches,
+    val_batches: Batches,
+    eval_starts: Vec<i64>,
+    tokens_per_step: u64,
+    /// For MFU: the model's FLOPs per token and this machine's matmul peak.
+    flops_per_token: f64,
+    peak_gflops: f64,
+    metrics: MetricsWriter,
+    bar: ProgressBar,
+    session_start: Instant,
+    /// Training time of earlier sessions of this run.
+    elapsed_before: f64,
+    step_start: Instant,
+    lr: f64,
+    nonfinite_in_a_row: u64,
+    last_loss: Option<f64>,
+    tokens_per_s: f64,
+    cause: StopCause,
+    /// This process is the run folder's one writer while the run lives.
+    _writer: RunLock,
+}
+
+impl<'a> Run<'a> {
+    /// Checks the configs and the run folder, loads the data, builds the model and
+    /// optimizer (from the checkpoint with `--resume`), and measures the matmul peak.
+    fn open(opts: &'a TrainOptions) -> Result<Opened<'a>> {
+        let (cfg, tcfg) = (&opts.model, &opts.train);
+        let tokenizer = check_configs(opts)?;
+        let writer = check_run_folder(opts)?;
+        let streams = TokenStreams::load_or_build(
+            &opts.data,
+            &opts.ext,
+            &tokenizer,
+            &opts.out.join("tokens"),
+        )?;
+        streams.check_fits(cfg.block_size)?;
+        let batches = |tokens| {
+            Batches::new(
+                tokens,
+                cfg.block_size,
+                tcfg.batch_size,
+                tcfg.seed,
+                opts.device,
+            )
+        };
+        let (train_batches, val_batches) = (batches(&streams.train)?, batches(&streams.val)?);
+        let eval_starts = val_batches.eval_starts(tcfg.eval_windows);
+        if opts.resume {
+            checkpoint::check_model_file(&checkpoint::resolve(&opts.out)?, cfg)?;
+        }
+        let mut trainer = Trainer::new(cfg, tcfg, opts.device, Kind::Float, opts.workers)?;
+        let data = DataSpec {
+            root: opts.data.clone(),
+            ext: opts.ext.clone(),
+        };
+        let state = if opts.resume {
+            resume(opts, &mut trainer, data)?
+        } else {
+            State::new(cfg.clone(), tcfg.clone(), tokenizer, data)
+        };
+        let bar = progress_bar(opts.quiet, tcfg.max_steps, state.step);
+        let tokens_per_step = (tcfg.batch_size * cfg.block_size * tcfg.grad_accum) as u64;
+        log_line(&bar, streams.report.summary());
+        log_line(
+            &bar,
+            format!(
+                "model: {} parameters ({:.2}M), {} layers, {} heads, n_embd {}, context {}; {} tokens/step on {:?}",
+                trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device
+            ),
+        );
+        if state.step >= tcfg.max_steps {
+            return already_done(opts, &bar, &state).map(Opened::AlreadyDone);
+        }
+        // MFU needs this machine's peak: a ~0.2 s matmul probe (see `runtime::matmul_peak`).
+        let flops_per_token = flops::flops_per_token(cfg);
+        let peak_gflops = quick_peak(opts.device, Dtype::Fp32);
+        log_line(
+            &bar,
+            format!(
+                "{:.1} MFLOP/token; matmul peak {peak_gflops:.0} GFLOP/s with {} threads (MFU is against it)",
+                flops_per_token / 1e6,
+                tch::get_num_threads()
+            ),
+        );
+        Ok(Opened::Ready(Box::new(Run {
+            metrics: MetricsWriter::append(&opts.out.join("metrics.jsonl"))?,
+            elapsed_before: state.elapsed_s,
+            schedule: LrSchedule::new(tcfg),
+            session_start: Instant::now(),
+            step_start: Instant::now(),
+            lr: 0.0,
+            nonfinite_in_a_row: 0,
+            last_loss: None,
+            tokens_per_s: 0.0,
+            cause: StopCause::MaxSteps,
+            _writer: writer,
+            opts,
+            trainer,
+            state,
+            train_batches,
+            val_batches,
+            eval_starts,
+            tokens_per_step,
+            flops_per_token,
+            peak_gflops,
+            bar,
+        })))
+    }
+
+    /// Whether to take another step: not at `max_steps`, no stop flag raised, not at
+    /// `--stop-at-step`, within `--max-minutes`. Records why not.
+    fn should_continue(&mut self, stop: &StopFlags) -> bool {
+        let tcfg = &self.opts.train;
+        let step = self.state.step;
+        let out_of_time = tcfg
+            .max_minutes
+            .is_some_and(|m| self.session_start.elapsed().as_secs_f64() >= m * 60.0);
+        let cause = if step >= tcfg.max_steps {
+            StopCause::MaxSteps
+        } else if stop.interrupt.load(Ordering::SeqCst) {
+            StopCause::Interrupted
+        } else if stop.terminate.load(Ordering::SeqCst) {
+            StopCause::Terminated
+        } else if tcfg.stop_at_step.is_some_and(|s| step >= s) {
+            StopCause::StopAtStep
+        } else if out_of_time {
+            StopCause::MaxMinutes
+        } else {
+            return true;
+        };
+        self.cause = cause;
+        false
+    }
+
+    /// Forward and backward over the micro-batches of this step (gradients add up in
+    /// `.grad`); returns the mean loss and the global gradient norm.
+    fn forward_backward(&mut self) -> (f64, f64) {
+        self.step_start = Instant::now();
+        let tcfg = &self.opts.train;
+        let step = self.state.step;
+        self.lr = self.schedule.at(step);
+        // Dropout draws from libtorch's generator: seeded per step, so a resumed run
+        // draws what the uninterrupted one would.
+        tch::manual_seed((tcfg.seed as i64).wrapping_add(step as i64 + 1));
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, self.opts.device));
+        for micro in 0..tcfg.grad_accum as u64 {
+            let (x, y) = self.train_batches.get(step, micro); // (B, T), (B, T)
+            loss_sum += self.trainer.forward_backward(&x, &y, tcfg.grad_accum).loss;
+        }
+        (loss_sum.double_value(&[]), self.trainer.grad_norm())
+    }
+
+    /// Clip and AdamW when the loss and gradient are finite; otherwise skip the update
+    /// (the weights stay those of the last good step) and count it. Zeroes the
+    /// gradients either way.
+    fn update(&mut self, loss: f64, grad_norm: f64) -> Result<()> {
+        self.state.step += 1;
+        self.state.tokens_seen += self.tokens_per_step;
+        if loss.is_finite() && grad_norm.is_finite() {
+            self.trainer.update(grad_norm, self.lr);
+            self.nonfinite_in_a_row = 0;
+            self.last_loss = Some(loss);
+            // A finite, clipped gradient can still overflow the weights when the LR is
+            // absurd. The update is in place, so there is no last good state left in
+            // memory: stop, and point at the last checkpoint on disk (never overwrite it).
+            if !checkpoint::all_finite([self.trainer.params.values()]) {
+                return Err(Error::Diverged(format!(
+                    "the update of step {} (lr {:.3e}) made the weights non-finite; nothing was saved, {}; lower --lr",
+                    self.state.step,
+                    self.lr,
+                    last_good_checkpoint(&self.opts.out)
+                )));
+            }
+        } else {
+            self.state.nonfinite_skipped += 1;
+            self.nonfinite_in_a_row += 1;
+            log_line(
+                &self.bar,
+                format!(
+                    "step {}: loss {loss} / grad norm {grad_norm} is not finite; update skipped",
+                    self.state.step
+                ),
+            );
+        }
+        self.trainer.zero_grad();
+        self.tokens_per_s = self.tokens_per_step as f64 / self.step_start.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Every `--eval-every` steps and at the last: the validation loss, saved as the
+    /// best checkpoint when it is. Then the step's metrics line, the stop after too many
+    /// non-finite steps, and every `--checkpoint-every` steps the latest checkpoint.
+    fn evaluate_and_checkpoint(&mut self, loss: f64, grad_norm: f64) -> Result<()> {
+        let tcfg = &self.opts.train;
+        let is_last = self.state.step == tcfg.max_steps;
+        let val_loss = if self.state.step.is_multiple_of(tcfg.eval_every) || is_last {
+            Some(self.evaluate(loss)?)
+        } else {
+            None
+        };
+        self.log(loss, grad_norm, val_loss)?;
+        if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW {
+            return Err(self.diverged()?);
+        }
+        if self.state.step.is_multiple_of(tcfg.checkpoint_every) && !is_last {
+            self.save(LATEST)?;
+        }
+        Ok(())
+    }
+
+    /// The validation loss; a new best is saved to `ckpt-best`.
+    fn evaluate(&mut self, loss: f64) -> Result<f64> {
+        let v = evaluate(&self.trainer.model, &self.val_batches, &self.eval_starts);
+        self.state.last_val_loss = Some(v);
+        if v.is_finite() && self.state.best_val_loss.is_none_or(|b| v < b) {
+            self.state.best_val_loss = Some(v);
+            self.save(BEST)?;
+        }
+        log_line(
+            &self.bar,
+            format!(
+                "step {:>6} | loss {:.4} | val {:.4} ({:.3} bits/char) | lr {:.2e} | {:.0} tok/s",
+                self.state.step,
+                loss,
+                v,
+                nats_to_bits(v),
+                self.lr,
+                self.tokens_per_s
+            ),
+        );
+        Ok(v)
+    }
+
+    /// One line of `metrics.jsonl`, and the progress bar.
+    fn log(&mut self, loss: f64, grad_norm: f64, val_loss: Option<f64>) -> Result<()> {
+        let mfu = self.tokens_per_s * self.flops_per_token / (self.peak_gflops * 1e9);
+        self.update_elapsed();
+        self.metrics.write(&Record {
+            step: self.state.step,
+            loss: loss.is_finite().then_some(loss),
+            val_loss,
+            lr: self.lr,
+            tokens_per_s: self.tokens_per_s,
+            mfu: Some(mfu),
+            elapsed_s: self.state.elapsed_s,
+            tokens_seen: self.state.tokens_seen,
+            grad_norm: grad_norm.is_finite().then_some(grad_norm),
+        })?;
+        self.bar.set_position(self.state.step);
+        self.bar.set_message(format!(
+            "loss {loss:.4} lr {:.2e} {:.1}k tok/s MFU {:.0}%",
+            self.lr,
+            self.tokens_per_s / 1e3,
+            100.0 * mfu
+        ));
+        Ok(())
+    }
+
+    /// After `MAX_NONFINITE_IN_A_ROW` skipped steps: the weights are those of the last
+    /// finite update (the save refuses anything else), so they are saved, and resuming
+    /// with a lower --lr continues from good weights.
+    fn diverged(&mut self) -> Result<Error> {
+        let saved = self.save(LATEST)?;
+        let (state, n) = (&self.state, self.nonfinite_in_a_row);
+        Ok(Error::Diverged(format!(
+            "steps {}..={} had a non-finite loss or gradient and were skipped ({} skipped so far); the last good weights are saved in {}; resume with a lower --lr: sympathy train --resume --out {} --lr {:.1e}",
+            state.step + 1 - n,
+            state.step,
+            state.nonfinite_skipped,
+            saved.display(),
+            self.opts.out.display(),
+            self.opts.train.lr / 10.0
+        )))
+    }
+
+    /// Writes checkpoint `name` of the run folder with the training time so far.
+    fn save(&mut self, name: &str) -> Result<PathBuf> {
+        self.update_elapsed();
+        let t = &self.trainer;
+        checkpoint::save_atomically(&self.opts.out, name, &t.vs, &t.opt, &self.state)
+    }
+
+    fn update_elapsed(&mut self) {
+        self.state.elapsed_s = self.elapsed_before + self.session_start.elapsed().as_secs_f64();
+    }
+
+    /// The last checkpoint, and where the run stopped.
+    fn finish(mut self) -> Result<TrainSummary> {
+        let dir = self.save(LATEST)?;
+        self.bar.finish_and_clear();
+        Ok(TrainSummary {
+            step: self.state.step,
+            tokens_seen: self.state.tokens_seen,
+            last_loss: self.last_loss,
+            val_loss: self.state.last_val_loss,
+            best_val_loss: self.state.best_val_loss,
+            tokens_per_s: self.tokens_per_s,
+            checkpoint: dir,
+            cause: self.cause,
+        })
+    }
+}
+
+/// Validates both configs and returns the tokenizer, whose vocabulary must be the model's.
+fn check_configs(opts: &TrainOptions) -> Result<Tokenizer> {
+    opts.model.validate()?;
+    opts.train.validate()?;
+    let tokenizer = Tokenizer::default();
+    if opts.model.vocab_size != tokenizer.vocab_size() {
+        return Err(Error::config(
+            "vocab_size",
+            format!(
+                "{} does not match the char tokenizer's {}",
+                opts.model.vocab_size,
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    Ok(tokenizer)
+}
+
+/// Creates the run folder and takes it for this process (one writer at a time); a
+/// checkpoint in it needs `--resume`, and `--resume` needs one.
+fn check_run_folder(opts: &TrainOptions) -> Result<RunLock> {
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    let lock = RunLock::acquire(&opts.out)?;
+    let has_checkpoint = checkpoint::resolve(&opts.out).is_ok();
+    if has_checkpoint && !opts.resume {
+        return Err(Error::config(
+            "--out",
+            format!("{} already holds a checkpoint; pass --resume to continue it, or choose another --out", opts.out.display()),
+        ));
+    }
+    if opts.resume && !has_checkpoint {
+        return Err(Error::config(
+            "--resume",
+            format!(
+                "{} has no checkpoint to resume; drop --resume to start a new run",
+                opts.out.display()
+            ),
+        ));
+    }
+    Ok(lock)
+}
+
+/// Loads the run folder's checkpoint into `trainer` (weights and optimizer state) and
+/// returns its state, with this session's training config and data source.
+fn resume(opts: &TrainOptions, trainer: &mut Trainer, data: DataSpec) -> Result<State> {
+    let dir = checkpoint::resolve(&opts.out)?;
+    let saved = checkpoint::read_state(&dir)?;
+    if saved.model != opts.model {
+        return Err(Error::checkpoint(
+            &dir,
+            "its model config differs from the one requested; resume without model flags",
+        ));
+    }
+    checkpoint::load_tensors_into(&trainer.vs, &dir.join("model.safetensors"))?;
+    checkpoint::load_optimizer(&dir, &mut trainer.opt)?;
+    Ok(State {
+        train: opts.train.clone(),
+        data,
+        ..saved
+    })
+}
+
+fn progress_bar(quiet: bool, max_steps: u64, position: u64) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(Some(max_steps), ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(position);
+    bar
+}
+
+/// A resumed run already at `--max-steps`: nothing to train, the checkpoint stays.
+fn already_done(opts: &TrainOptions, bar: &ProgressBar, state: &State) -> Result<TrainSummary> {
+    log_line(
+        bar,
+        format!(
+            "already trained to step {} (--max-steps {}); nothing to do",
+            state.step, opts.train.max_steps
+        ),
+    );
+    bar.finish_and_clear();
+    Ok(TrainSummary {
+        step: state.step,
+        tokens_seen: state.tokens_seen,
+        last_loss: None,
+        val_loss: state.last_val_loss,
+        best_val_loss: state.best_val_loss,
+        tokens_per_s: 0.0,
+        checkpoint: checkpoint::resolve(&opts.out)?,
+        cause: StopCause::MaxSteps,
+    })
+}
+
+fn log_line(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// Where the last checkpoint of `run_dir` is and at which step, for messages.
+fn last_good_checkpoint(run_dir: &Path) -> String {
+    match checkpoint::resolve(run_dir).and_then(|d| Ok((checkpoint::read_state(&d)?, d))) {
+        Ok((state, dir)) => format!(
+            "the last good checkpoint is {} (step {})",
+            dir.display(),
+            state.step
+        ),
+        Err(_) => "and there is no earlier checkpoint".to_string(),
+    }
+}
