@@ -4,7 +4,7 @@
 //! [`Gpt::forward_cached`] on a (1, 1) input computes the same, but a one-token step
 //! does so little arithmetic that the ~140 library calls it makes cost as much as the
 //! arithmetic. Here the embeddings are two row selections (no id tensor), the
-//! projections matrix-vector products ([`super::project`]) with no reshapes around
+//! projections matrix-vector products (`project`) with no reshapes around
 //! them, the head one more (no (B, T, V) logits to slice): ~80 calls in all. Each layer
 //! gets a `decode_one` beside its `forward`, kept in this file so the reference path
 //! reads on its own; `tests/generation.rs` holds this one to the uncached

@@ -1,6 +1,6 @@
 //! Tokenizers: text ⇄ token ids. A checkpoint records which one it was trained with
 //! ([`Tokenizer`], saved in `state.json`), and every command that reads text goes
-//! through it. Today there is one kind, [`char`] (one id per ASCII character).
+//! through it. Today there is one kind, [`char`](mod@char) (one id per ASCII character).
 
 pub mod char;
 
