@@ -7,7 +7,7 @@ use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use sympathy::data::{self, Batches, TokenStreams};
-use sympathy::infer::generate::{self, GenerateConfig};
+use sympathy::infer::generate::{self, Completion, GenerateConfig};
 use sympathy::infer::sampling::SamplingConfig;
 use sympathy::model::nats_to_bits;
 use sympathy::run::checkpoint;
@@ -122,43 +122,58 @@ pub(crate) fn cmd_generate(args: GenerateArgs) -> Result<()> {
                 }
             },
         )?;
-        for c in &completions {
-            if args.json {
-                writeln!(stdout, "{}", serde_json::to_string(c)?)?;
-            } else if stream {
-                writeln!(stdout)?;
-            } else {
-                // Several completions finish together; each gets a header line.
-                let reason = serde_json::to_value(c.stop_reason)?;
-                writeln!(
-                    stdout,
-                    "--- sample {}/{n} (seed {}, {} tokens, {}) ---\n{}",
-                    c.sample + 1,
-                    c.seed,
-                    c.tokens_generated,
-                    reason.as_str().unwrap_or_default(),
-                    c.text
-                )?;
-            }
-        }
-        Ok(())
+        print_completions(&mut stdout, &completions, args.json, stream)
     };
     if let Some(prompt) = &args.prompt {
         return complete(prompt);
     }
+    repl(complete)
+}
+
+/// Reads prompts from stdin, one a line, until an empty line or Ctrl-D.
+fn repl(mut complete: impl FnMut(&str) -> Result<()>) -> Result<()> {
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
         eprint!("? ");
         line.clear();
         if stdin.lock().read_line(&mut line)? == 0 {
-            break; // Ctrl-D
+            return Ok(()); // Ctrl-D
         }
         let prompt = line.trim_end_matches(['\n', '\r']);
         if prompt.is_empty() {
-            break;
+            return Ok(());
         }
         complete(prompt)?;
+    }
+}
+
+/// Prints finished completions: JSON lines, the streamed text's final newline, or one
+/// block per sample with a header when several finish together.
+fn print_completions(
+    out: &mut impl Write,
+    completions: &[Completion],
+    json: bool,
+    streamed: bool,
+) -> Result<()> {
+    let n = completions.len();
+    for c in completions {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(c)?)?;
+        } else if streamed {
+            writeln!(out)?;
+        } else {
+            let reason = serde_json::to_value(c.stop_reason)?;
+            writeln!(
+                out,
+                "--- sample {}/{n} (seed {}, {} tokens, {}) ---\n{}",
+                c.sample + 1,
+                c.seed,
+                c.tokens_generated,
+                reason.as_str().unwrap_or_default(),
+                c.text
+            )?;
+        }
     }
     Ok(())
 }
