@@ -5,7 +5,7 @@ use super::{override_fields, warn_if_no_fonts};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use sympathy::config::{ModelConfig, Preset, TrainConfig};
+use sympathy::config::{ModelConfig, Preset, Schedule, TrainConfig};
 use sympathy::data;
 use sympathy::model::nats_to_bits;
 use sympathy::run::checkpoint;
@@ -88,9 +88,15 @@ impl ShapeFlags {
 pub(crate) struct TrainFlags {
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Stop after this many minutes of training (a checkpoint is written).
+    /// Stop after this many minutes of training (a checkpoint is written). On a new run
+    /// it also selects `--schedule budget`, whose decay ends at this deadline.
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// The learning rate after warmup: `cosine` to --max-steps (exactly reproducible), or
+    /// `budget`: stable, then a linear decay that ends at --max-steps or --max-minutes,
+    /// whichever comes first [default: budget with --max-minutes, else cosine]
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
     #[arg(long)]
     batch_size: Option<i64>,
     #[arg(long)]
@@ -162,6 +168,12 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     );
     if let Some(m) = args.train.max_minutes {
         tcfg.max_minutes = Some(m);
+        if !args.resume {
+            tcfg.schedule = Schedule::Budget;
+        }
+    }
+    if let Some(schedule) = args.train.schedule {
+        tcfg.schedule = schedule;
     }
     tcfg.stop_at_step = args.train.stop_at_step;
     let (data, ext) = match (args.data, saved_data) {

@@ -26,7 +26,7 @@ pub mod optim;
 pub mod params;
 pub mod step;
 
-use crate::config::{ModelConfig, TrainConfig};
+use crate::config::{ModelConfig, Schedule, TrainConfig};
 use crate::data::{Batches, TokenStreams};
 use crate::model::flops;
 use crate::model::nats_to_bits;
@@ -194,7 +194,7 @@ impl<'a> Run<'a> {
                 trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device
             ),
         );
-        if state.step >= tcfg.max_steps {
+        if state.step >= tcfg.max_steps || LrSchedule::new(tcfg).out_of_time(state.elapsed_s) {
             return already_done(opts, &bar, &state).map(Opened::AlreadyDone);
         }
         // MFU needs this machine's peak: a ~0.2 s matmul probe (see `runtime::matmul_peak`).
@@ -238,9 +238,12 @@ impl<'a> Run<'a> {
     fn should_continue(&mut self, stop: &StopFlags) -> bool {
         let tcfg = &self.opts.train;
         let step = self.state.step;
-        let out_of_time = tcfg
-            .max_minutes
-            .is_some_and(|m| self.session_start.elapsed().as_secs_f64() >= m * 60.0);
+        let out_of_time = match tcfg.schedule {
+            Schedule::Budget => self.schedule.out_of_time(self.training_seconds()),
+            Schedule::Cosine => tcfg
+                .max_minutes
+                .is_some_and(|m| self.session_start.elapsed().as_secs_f64() >= m * 60.0),
+        };
         let cause = if step >= tcfg.max_steps {
             StopCause::MaxSteps
         } else if stop.interrupt.load(Ordering::SeqCst) {
@@ -264,7 +267,7 @@ impl<'a> Run<'a> {
         self.step_start = Instant::now();
         let tcfg = &self.opts.train;
         let step = self.state.step;
-        self.lr = self.schedule.at(step);
+        self.lr = self.schedule.at(step, self.training_seconds());
         // Dropout draws from libtorch's generator: seeded per step, so a resumed run
         // draws what the uninterrupted one would.
         tch::manual_seed((tcfg.seed as i64).wrapping_add(step as i64 + 1));
@@ -406,8 +409,13 @@ impl<'a> Run<'a> {
         checkpoint::save_atomically(&self.opts.out, name, &t.vs, &t.opt, &self.state)
     }
 
+    /// Training time of the whole run so far, this session included.
+    fn training_seconds(&self) -> f64 {
+        self.elapsed_before + self.session_start.elapsed().as_secs_f64()
+    }
+
     fn update_elapsed(&mut self) {
-        self.state.elapsed_s = self.elapsed_before + self.session_start.elapsed().as_secs_f64();
+        self.state.elapsed_s = self.training_seconds();
     }
 
     /// The last checkpoint, and where the run stopped.
@@ -510,8 +518,11 @@ fn already_done(opts: &TrainOptions, bar: &ProgressBar, state: &State) -> Result
     log_line(
         bar,
         format!(
-            "already trained to step {} (--max-steps {}); nothing to do",
-            state.step, opts.train.max_steps
+            "already trained to step {} of --max-steps {} ({:.1} of --max-minutes {}); nothing to do",
+            state.step,
+            opts.train.max_steps,
+            state.elapsed_s / 60.0,
+            opts.train.max_minutes.map_or("none".into(), |m| m.to_string())
         ),
     );
     bar.finish_and_clear();
