@@ -6,7 +6,7 @@ mod cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cli::bench::{cmd_bench_generate, cmd_bench_matmul, cmd_bench_train, Bench};
+use cli::bench::{cmd_bench_generate, cmd_bench_matmul, cmd_bench_serve, cmd_bench_train, Bench};
 use cli::generate::{cmd_eval, cmd_generate, EvalArgs, GenerateArgs};
 use cli::inspect::{cmd_explain, cmd_inspect, cmd_plot, ExplainArgs, InspectArgs, PlotArgs};
 use cli::interop::{cmd_export, cmd_import, ExportArgs, ImportArgs};
@@ -113,5 +113,6 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bench(Bench::Matmul(args)) => cmd_bench_matmul(args).map(|_| 0),
         Command::Bench(Bench::Train(args)) => cmd_bench_train(args).map(|_| 0),
         Command::Bench(Bench::Generate(args)) => cmd_bench_generate(args).map(|_| 0),
+        Command::Bench(Bench::Serve(args)) => cmd_bench_serve(args).map(|_| 0),
     }
 }

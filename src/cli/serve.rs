@@ -1,7 +1,6 @@
 //! `sympathy serve`: flags into [`sympathy::serve::ServeOptions`], then the server on a
 //! tokio runtime until Ctrl-C.
 
-use super::set_threads;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -36,7 +35,8 @@ pub(crate) struct ServeArgs {
     /// The run folder whose training the web page shows [default: the checkpoint's run].
     #[arg(long)]
     run: Option<PathBuf>,
-    /// Intra-op CPU threads of the inference thread [default: libtorch's].
+    /// Intra-op CPU threads of the inference thread [default: the cores libtorch would
+    /// use, less one left to the HTTP side, at least 1].
     #[arg(long)]
     threads: Option<i32>,
     #[arg(long, value_enum, default_value = "auto")]
@@ -61,7 +61,9 @@ pub(crate) fn cmd_serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
-    set_threads(args.threads)?;
+    if args.threads.is_some_and(|n| n < 1) {
+        bail!("--threads: must be at least 1");
+    }
     let device = args.device.resolve()?;
     let loaded = checkpoint::load(&args.checkpoint, device)?;
     let opts = ServeOptions {
@@ -71,6 +73,7 @@ pub(crate) fn cmd_serve(args: ServeArgs) -> Result<()> {
         engine: EngineConfig {
             max_batch: args.max_batch,
             max_queue: args.max_queue,
+            threads: args.threads,
         },
         timeout: Duration::from_secs(args.timeout_s),
         run_dir: args.run,

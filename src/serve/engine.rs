@@ -203,6 +203,10 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Jobs waiting beyond those at most; more are refused with 429.
     pub max_queue: usize,
+    /// libtorch's intra-op threads on the inference thread. libtorch's setting is per
+    /// thread, so the engine sets it itself; `None` leaves one core to the HTTP side
+    /// (the cores libtorch would use, less one, at least one).
+    pub threads: Option<i32>,
 }
 
 /// Starts the inference thread, which owns `model` from now on.
@@ -224,6 +228,7 @@ pub fn start(
     let engine = Engine {
         cache: SlotCache::new(n_layer, cfg.max_batch as i64, block),
         max_batch: cfg.max_batch as i64,
+        threads: cfg.threads,
         model,
         tokenizer,
         rx,
@@ -262,6 +267,7 @@ struct Engine {
     rx: mpsc::Receiver<Job>,
     cache: SlotCache,
     max_batch: i64,
+    threads: Option<i32>,
     rows: Vec<Row>,
     metrics: Arc<Metrics>,
     stopping: Arc<AtomicBool>,
@@ -270,6 +276,10 @@ struct Engine {
 impl Engine {
     fn run(mut self) {
         let _inference = InferenceMode::enter(); // no autograd bookkeeping on this thread
+        tch::set_num_threads(
+            self.threads
+                .unwrap_or_else(|| (tch::get_num_threads() - 1).max(1)),
+        );
         while !self.stopping.load(Relaxed) {
             // Join: wait for work when idle, else take what is queued while rows are free.
             if self.rows.is_empty() {
