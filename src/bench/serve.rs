@@ -1,8 +1,10 @@
 //! `sympathy bench serve`: the server measured from outside, as its users see it.
 //!
 //! The server runs in this process on a free loopback port, and for each client count
-//! N, N clients (a small HTTP/1.1 client on hyper, one connection per request) each send
-//! `requests` streaming completions at once, with `<eos>` banned so every completion is
+//! N, N clients (a small HTTP/1.1 client on hyper, one connection per request) send
+//! streaming completions, each client one after the other: `requests` each at the
+//! largest N and proportionally more at smaller N, so that every round makes the same
+//! number of tokens and lasts long enough to see the same machine, with `<eos>` banned so every completion is
 //! exactly `max_tokens` long. Reported per N: aggregate tokens/s end to end (all tokens
 //! over the wall time of the round) and while decoding (see
 //! [`ServeRound::decode_tokens_per_s`]), time to first token (request sent -> first token
@@ -25,7 +27,8 @@ use std::time::{Duration, Instant};
 pub struct ServeBench {
     /// Concurrent clients per round.
     pub clients: Vec<usize>,
-    /// Requests each client sends, one after the other.
+    /// Requests each client sends at the largest client count (`requests · max / N`
+    /// at N clients, so every round makes the same number of tokens).
     pub requests: usize,
     /// Rounds per client count; the fastest counts (other processes only slow a round).
     pub repeats: usize,
@@ -111,7 +114,7 @@ pub fn bench_serve(
         let mut best: Vec<Option<ServeRound>> = vec![None; bench.clients.len()];
         for _ in 0..bench.repeats {
             for (slot, &n) in best.iter_mut().zip(&bench.clients) {
-                let r = round(addr, bench, n, bench.requests).await?;
+                let r = round(addr, bench, n, bench.requests * max_clients / n).await?;
                 on_round(&r);
                 if slot
                     .as_ref()

@@ -35,7 +35,8 @@ pub(crate) struct BenchServeArgs {
     /// Concurrent clients per round, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     clients: Vec<usize>,
-    /// Streaming requests each client sends in turn.
+    /// Streaming requests each client sends in turn at the largest client count; fewer
+    /// clients send proportionally more, so every round makes the same tokens.
     #[arg(long, default_value_t = 2)]
     requests: usize,
     /// Rounds per client count, taking turns; each reports its fastest.
