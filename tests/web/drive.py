@@ -170,9 +170,12 @@ def check_inside(page):
     assert cells >= 5 * len(view["positions"]), f"{cells} top-k cells"
     results["inside_tokens"] = len(view["tokens"])
     results["vocab_size"] = len(info["vocab"])
+    assert not page.is_visible("[data-testid=attention-big]")
     page.click("[data-testid=heatmap] >> nth=1")
-    assert page.is_visible("[data-testid=attention-big]")
+    assert page.is_visible("[data-testid=attention-big]"), "clicking a map did not enlarge it"
+    assert page.get_attribute("#attention-big-canvas", "data-head") == "1"
     page.click("#attention-big-close")
+    assert not page.is_visible("[data-testid=attention-big]"), "the enlarged map did not close"
 
 
 def check_non_ascii(ctx):
@@ -209,7 +212,8 @@ def check_dashboard(page):
     t0 = time.monotonic()
     page.wait_for_selector(f"[data-testid=run-points][data-count='{n + 1}']", timeout=10000)
     results["dashboard_new_point_ms"] = round((time.monotonic() - t0) * 1000)
-    assert "parameters" in page.inner_text("[data-testid=run-inspect]").lower()
+    inspect = page.inner_text("[data-testid=run-inspect]")
+    assert "wte.weight" in inspect and '"n_embd"' in inspect, f"no inspect summary and config: {inspect[:300]!r}"
     page.click("[data-testid=compare-run]")
     page.wait_for_selector("[data-testid=compare-summary]", timeout=60000)
     summary = page.inner_text("[data-testid=compare-summary]")
@@ -219,8 +223,11 @@ def check_dashboard(page):
 def check_reload(page):
     page.click("nav button[data-view=training]")
     page.click("[data-testid=load-latest]")
-    page.wait_for_function("document.querySelector('[data-testid=load-status]').textContent.startsWith('loaded')",
-                           timeout=60000)
+    page.wait_for_selector("[data-testid=load-status][data-loaded]", state="attached", timeout=60000)
+    status = page.inner_text("[data-testid=load-status]")
+    assert status.startswith("loaded") and "ckpt-latest" in status, status
+    # The button brings the playground back, talking to the model just loaded.
+    page.wait_for_selector("[data-testid=view-playground]:visible")
 
 
 def main():

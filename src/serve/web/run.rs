@@ -157,11 +157,12 @@ pub async fn reload(State(state): State<AppState>) -> Result<Json<Value>, ServeE
         checkpoint::load(&dir, device).map_err(|e| ServeError::invalid("run", e.to_string()))
     })
     .await?;
-    if loaded.state.tokenizer != state.tokenizer || loaded.state.model.block_size != state.block_size {
+    let served = state.engine.with_model(|model, _| model.config().clone()).await?;
+    if loaded.state.tokenizer != state.tokenizer || loaded.state.model != served {
         return Err(ServeError::invalid(
             "run",
             format!(
-                "{} has another tokenizer or context than the model served; restart the server with --checkpoint {}",
+                "{} has another shape or tokenizer than the model served; restart the server with --checkpoint {}",
                 loaded.dir.display(),
                 loaded.dir.display()
             ),

@@ -96,10 +96,12 @@ function follow() {
 async function loadLatest() {
   clearError();
   $('load-status').textContent = 'loading…';
+  delete $('load-status').dataset.loaded;
   try {
     const got = await api('/v1/run/reload', {});
     await loadInfo();
     $('load-status').textContent = `loaded ${got.checkpoint} (step ${got.step})`;
+    $('load-status').dataset.loaded = got.checkpoint;
     document.dispatchEvent(new CustomEvent('model-changed'));
   } catch (e) {
     $('load-status').textContent = '';
