@@ -13,7 +13,7 @@
 //! Each folder is one stage; a module uses only those below it (and `config`, `error`):
 //!
 //! ```text
-//! bench/  see/  interop/    tools: measure, look inside, convert (the CLI calls these)
+//! bench/  see/  serve/  interop/  tools: measure, look inside, serve, convert (the CLI calls these)
 //! train/  infer/            the training loop and its optimizer; generation
 //! run/                      the run folder on disk: checkpoints, metrics
 //! model/  data  tokenizer/  the GPT (and its KV cache, decode path, FLOPs); batches; text ⇄ ids
@@ -37,6 +37,7 @@ pub mod model;
 pub mod run;
 pub mod runtime;
 pub mod see;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 

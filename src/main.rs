@@ -6,10 +6,11 @@ mod cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cli::bench::{cmd_bench_generate, cmd_bench_matmul, cmd_bench_train, Bench};
+use cli::bench::{cmd_bench_generate, cmd_bench_matmul, cmd_bench_serve, cmd_bench_train, Bench};
 use cli::generate::{cmd_eval, cmd_generate, EvalArgs, GenerateArgs};
 use cli::inspect::{cmd_explain, cmd_inspect, cmd_plot, ExplainArgs, InspectArgs, PlotArgs};
 use cli::interop::{cmd_export, cmd_import, ExportArgs, ImportArgs};
+use cli::serve::{cmd_serve, ServeArgs};
 use cli::train::{cmd_train, TrainArgs};
 
 #[derive(Parser)]
@@ -45,6 +46,8 @@ enum Command {
     Explain(ExplainArgs),
     /// Loss and learning-rate curves of one or more runs, as a PNG.
     Plot(PlotArgs),
+    /// An OpenAI-compatible HTTP server with streaming, logprobs and continuous batching.
+    Serve(ServeArgs),
     /// Measure this machine: matmul peak, training throughput and MFU, generation speed.
     #[command(subcommand)]
     Bench(Bench),
@@ -106,8 +109,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Inspect(args) => cmd_inspect(args).map(|_| 0),
         Command::Explain(args) => cmd_explain(args).map(|_| 0),
         Command::Plot(args) => cmd_plot(args).map(|_| 0),
+        Command::Serve(args) => cmd_serve(args).map(|_| 0),
         Command::Bench(Bench::Matmul(args)) => cmd_bench_matmul(args).map(|_| 0),
         Command::Bench(Bench::Train(args)) => cmd_bench_train(args).map(|_| 0),
         Command::Bench(Bench::Generate(args)) => cmd_bench_generate(args).map(|_| 0),
+        Command::Bench(Bench::Serve(args)) => cmd_bench_serve(args).map(|_| 0),
     }
 }

@@ -6,8 +6,8 @@ use super::{override_fields, set_threads};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
-use sympathy::bench::generation;
 use sympathy::bench::training::{self, TrainBench};
+use sympathy::bench::{generation, serve};
 use sympathy::config::Preset;
 use sympathy::run::checkpoint;
 use sympathy::runtime::device::DeviceChoice;
@@ -23,6 +23,35 @@ pub(crate) enum Bench {
     Train(BenchTrainArgs),
     /// Decode tokens/s with and without the KV cache at several output lengths.
     Generate(BenchGenerateArgs),
+    /// `sympathy serve` under N concurrent streaming clients: tokens/s, TTFT, latency.
+    Serve(BenchServeArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct BenchServeArgs {
+    /// A run folder or a checkpoint folder.
+    #[arg(long, default_value = "runs/default")]
+    checkpoint: PathBuf,
+    /// Concurrent clients per round, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    clients: Vec<usize>,
+    /// Streaming requests each client sends in turn.
+    #[arg(long, default_value_t = 2)]
+    requests: usize,
+    /// Tokens per completion (`<eos>` is banned, so each is exactly this long).
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long, default_value = "def squares(n):\n    return [x**2 for x in")]
+    prompt: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Intra-op CPU threads of the inference thread [default: the cores libtorch would
+    /// use, less one left to the HTTP side, at least 1].
+    #[arg(long)]
+    threads: Option<i32>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -194,6 +223,47 @@ pub(crate) fn cmd_bench_generate(args: BenchGenerateArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&bench)?);
     } else {
         print!("{}", bench.table());
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_bench_serve(args: BenchServeArgs) -> Result<()> {
+    if args.threads.is_some_and(|n| n < 1) {
+        anyhow::bail!("--threads: must be at least 1");
+    }
+    let device = args.device.resolve()?;
+    let loaded = checkpoint::load(&args.checkpoint, device)?;
+    let bench = serve::ServeBench {
+        clients: args.clients,
+        requests: args.requests,
+        max_tokens: args.max_tokens,
+        prompt: args.prompt.replace("\\n", "\n"),
+        threads: args.threads,
+    };
+    let rounds = serve::bench_serve(loaded, &bench, |r| {
+        eprintln!("{} clients: {:.0} tokens/s", r.clients, r.tokens_per_s)
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"rounds": rounds, "threads": args.threads, "max_tokens": bench.max_tokens})
+        );
+        return Ok(());
+    }
+    println!("clients  requests  tokens/s  vs 1 client  TTFT p50/p99 ms  latency p50/p99 ms");
+    let base = rounds.first().map_or(1.0, |r| r.tokens_per_s);
+    for r in &rounds {
+        println!(
+            "{:>7}  {:>8}  {:>8.0}  {:>10.2}x  {:>7.0} / {:<6.0}  {:>8.0} / {:<6.0}",
+            r.clients,
+            r.requests,
+            r.tokens_per_s,
+            r.tokens_per_s / base,
+            r.ttft_p50_ms,
+            r.ttft_p99_ms,
+            r.latency_p50_ms,
+            r.latency_p99_ms
+        );
     }
     Ok(())
 }

@@ -127,9 +127,9 @@ pub fn prepare_prompt(tokenizer: &Tokenizer, prompt: &str, block_size: i64) -> P
 }
 
 /// One completion in the making.
-struct Row<'a> {
+struct Row {
     sampler: Sampler,
-    stops: StopMatcher<'a>,
+    stops: StopMatcher,
     /// Prompt and generated tokens: the repetition penalty's history and the source of
     /// the next window.
     context: Vec<TokenId>,
@@ -139,7 +139,7 @@ struct Row<'a> {
     done: Option<(StopReason, f64)>,
 }
 
-impl Row<'_> {
+impl Row {
     /// Samples the next token from `logits` (V,) and emits its text; returns why the
     /// row is finished, if it is.
     fn step(

@@ -10,16 +10,17 @@
 /// Releases text as it is generated, holding back only what might still turn out to be
 /// the beginning of a stop string.
 #[derive(Debug)]
-pub struct StopMatcher<'a> {
-    stops: &'a [String],
+pub struct StopMatcher {
+    stops: Vec<String>,
     pending: String,
 }
 
-impl<'a> StopMatcher<'a> {
-    /// A matcher for `stops`; empty strings among them never match.
-    pub fn new(stops: &'a [String]) -> Self {
+impl StopMatcher {
+    /// A matcher for `stops` (copied, so that it can live as long as its request);
+    /// empty strings among them never match.
+    pub fn new(stops: &[String]) -> Self {
         StopMatcher {
-            stops,
+            stops: stops.to_vec(),
             pending: String::new(),
         }
     }

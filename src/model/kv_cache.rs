@@ -72,6 +72,12 @@ impl LayerCache {
         split(&buf.narrow(3, 0, self.len))
     }
 
+    /// The filled positions' keys and values stacked, (2, B, H, len, D), as a view;
+    /// `None` before the first append.
+    pub fn filled(&self) -> Option<Tensor> {
+        self.kv.as_ref().map(|kv| kv.narrow(3, 0, self.len))
+    }
+
     /// Keeps the batch rows `rows` (a 1-D Int64 index), in that order.
     fn select_rows(&mut self, rows: &Tensor) {
         if let Some(kv) = self.kv.take() {

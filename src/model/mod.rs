@@ -4,21 +4,25 @@
 //! move between sympathy and the PyTorch world by name.
 //!
 //! Beside the layers: the [`kv_cache`] that the cached forward takes, the one-token
-//! fast path of generation ([`decode`]), and the model's FLOPs per token ([`flops`]).
+//! fast path of generation ([`decode`]), the server's per-row cache ([`slot_cache`]) and
+//! its batched step ([`batch_decode`]), and the model's FLOPs per token ([`flops`]).
 
 pub mod attention;
+pub mod batch_decode;
 pub mod block;
 pub mod decode;
 pub mod flops;
 pub mod gpt;
 pub mod kv_cache;
 pub mod mlp;
+pub mod slot_cache;
 
 pub use attention::CausalSelfAttention;
 pub use block::Block;
 pub use gpt::{Gpt, Trace};
 pub use kv_cache::{KvCache, LayerCache};
 pub use mlp::Mlp;
+pub use slot_cache::SlotCache;
 
 use crate::config::ModelConfig;
 use tch::{nn, Tensor};

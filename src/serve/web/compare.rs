@@ -78,7 +78,11 @@ fn side(loaded: &Loaded, ids: &[TokenId]) -> Side {
     Side {
         name: loaded.dir.display().to_string(),
         step: loaded.state.step,
-        p_next: ids[1..].iter().zip(&rows).map(|(&n, row)| row[n as usize] as f64).collect(),
+        p_next: ids[1..]
+            .iter()
+            .zip(&rows)
+            .map(|(&n, row)| row[n as usize] as f64)
+            .collect(),
         top: rows.iter().take(ids.len() - 1).map(|r| first(r)).collect(),
     }
 }
@@ -98,7 +102,10 @@ fn compare_blocking(a: PathBuf, b: PathBuf, text: String) -> Result<Value, Serve
     let prepared = prepare_prompt(tok, &text, block);
     let ids = prepared.ids;
     if ids.len() < 2 {
-        return Err(ServeError::invalid("prompt", "needs at least two tokens: the probabilities are of each next token"));
+        return Err(ServeError::invalid(
+            "prompt",
+            "needs at least two tokens: the probabilities are of each next token",
+        ));
     }
     let (sa, sb) = (side(&a, &ids), side(&b, &ids));
     let pred = |id: TokenId, p: f64| json!({"token": id, "text": tok.display(id), "prob": p});
@@ -113,7 +120,9 @@ fn compare_blocking(a: PathBuf, b: PathBuf, text: String) -> Result<Value, Serve
             })
         })
         .collect();
-    let disagreements = (0..positions.len()).filter(|&t| sa.top[t].0 != sb.top[t].0).count();
+    let disagreements = (0..positions.len())
+        .filter(|&t| sa.top[t].0 != sb.top[t].0)
+        .count();
     let summary = |s: &Side| json!({"checkpoint": s.name, "step": s.step, "mean_loss": mean_nll(s.p_next.iter().copied())});
     Ok(json!({
         "tokens": ids.iter().map(|&i| tok.display(i)).collect::<Vec<_>>(),
@@ -131,5 +140,7 @@ pub async fn compare(
 ) -> Result<Json<Value>, ServeError> {
     let request: CompareRequest = fields(&read_json(&state, &headers, body).await?)?;
     let (a, b) = (locate(&request.a, &state), locate(&request.b, &state));
-    Ok(Json(blocking(move || compare_blocking(a, b, request.prompt)).await?))
+    Ok(Json(
+        blocking(move || compare_blocking(a, b, request.prompt)).await?,
+    ))
 }

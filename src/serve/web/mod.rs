@@ -28,7 +28,11 @@ use serde_json::{json, Value};
 
 /// The page's files: name, content type, text.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("style.css", "text/css; charset=utf-8", include_str!("style.css")),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("style.css"),
+    ),
     ("app.js", JS, include_str!("app.js")),
     ("common.js", JS, include_str!("common.js")),
     ("playground.js", JS, include_str!("playground.js")),
@@ -69,7 +73,10 @@ async fn index() -> Response {
 async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
         Some((_, kind, text)) => (
-            [(header::CONTENT_TYPE, *kind), (header::CACHE_CONTROL, "no-cache")],
+            [
+                (header::CONTENT_TYPE, *kind),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
             *text,
         )
             .into_response(),
@@ -88,7 +95,12 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
         .engine
         .with_model(|model, _| model.config().clone())
         .await
-        .map(|c| format!("{} layers × {} heads, n_embd {}", c.n_layer, c.n_head, c.n_embd))
+        .map(|c| {
+            format!(
+                "{} layers × {} heads, n_embd {}",
+                c.n_layer, c.n_head, c.n_embd
+            )
+        })
         .unwrap_or_default();
     Json(json!({
         "model": &*state.model_id,

@@ -157,7 +157,10 @@ pub async fn reload(State(state): State<AppState>) -> Result<Json<Value>, ServeE
         checkpoint::load(&dir, device).map_err(|e| ServeError::invalid("run", e.to_string()))
     })
     .await?;
-    let served = state.engine.with_model(|model, _| model.config().clone()).await?;
+    let served = state
+        .engine
+        .with_model(|model, _| model.config().clone())
+        .await?;
     if loaded.state.tokenizer != state.tokenizer || loaded.state.model != served {
         return Err(ServeError::invalid(
             "run",
