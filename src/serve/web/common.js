@@ -37,9 +37,42 @@ export function clearError() {
   box.textContent = '';
 }
 
+const KEY = 'sympathy-api-key';
+
+/** The Authorization header when the user gave the server's API key (`--api-key`). */
+export function authHeaders() {
+  const key = sessionStorage.getItem(KEY);
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
+/** A 401: the server wants its API key. Asks for it below the message, once per tab. */
+function askForKey() {
+  const box = document.getElementById('error');
+  if (box.querySelector('form')) return;
+  const form = document.createElement('form');
+  form.className = 'row';
+  const label = document.createElement('label');
+  label.textContent = 'API key ';
+  const input = document.createElement('input');
+  input.type = 'password';
+  input.dataset.testid = 'api-key';
+  label.append(input);
+  const use = document.createElement('button');
+  use.type = 'submit';
+  use.textContent = 'Use this key';
+  form.append(label, use);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    sessionStorage.setItem(KEY, input.value);
+    location.reload();
+  });
+  box.append(form);
+}
+
 /** The readable message of a failed response: OpenAI's `{error: {message}}` shape. */
 export async function errorMessage(res) {
   const text = await res.text();
+  if (res.status === 401) setTimeout(askForKey);
   try {
     const body = JSON.parse(text);
     if (body && body.error && body.error.message) {
@@ -54,8 +87,10 @@ export async function errorMessage(res) {
 export async function api(path, body) {
   let res;
   try {
-    res = await fetch(path, body === undefined ? {} : {
-      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+    res = await fetch(path, body === undefined ? { headers: authHeaders() } : {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...authHeaders() },
+      body: JSON.stringify(body),
     });
   } catch (e) {
     throw new Error(`the server did not answer (${e.message}); is sympathy serve still running?`);

@@ -16,7 +16,7 @@ use crate::run::checkpoint::{self, Loaded};
 use crate::see::explain::mean_nll;
 use crate::serve::errors::ServeError;
 use crate::serve::openai::fields;
-use crate::serve::{read_json, AppState};
+use crate::serve::{check_api_key, read_json, AppState};
 use crate::tokenizer::{TokenId, Tokenizer};
 use axum::body::Body;
 use axum::extract::State;
@@ -138,6 +138,7 @@ pub async fn compare(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ServeError> {
+    check_api_key(&state, &headers)?;
     let request: CompareRequest = fields(&read_json(&state, &headers, body).await?)?;
     let (a, b) = (locate(&request.a, &state), locate(&request.b, &state));
     Ok(Json(

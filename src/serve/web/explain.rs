@@ -11,7 +11,7 @@ use crate::see::explain::explain as compute;
 use crate::see::explain_view::view;
 use crate::serve::errors::ServeError;
 use crate::serve::openai::{fields, in_range};
-use crate::serve::{read_json, AppState};
+use crate::serve::{check_api_key, read_json, AppState};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -33,6 +33,7 @@ pub async fn explain(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ServeError> {
+    check_api_key(&state, &headers)?;
     let request: ExplainRequest = fields(&read_json(&state, &headers, body).await?)?;
     let k = request.top_k.unwrap_or(5);
     in_range("top_k", k, 1, TOP_K_LIMIT)?;

@@ -13,14 +13,18 @@
 //! - `GET /v1/run`, `GET /v1/run/metrics` (server-sent events), `POST /v1/run/reload`:
 //!   the training dashboard of `--run RUN_DIR` ([`run`]).
 //! - `POST /v1/compare`: two checkpoints on the same text ([`compare`]).
+//!
+//! The data routes ask for the API key when the server has one (`--api-key`), as the
+//! OpenAI routes do; the page asks the user for it once and sends it as a Bearer token.
 
 pub mod compare;
 pub mod explain;
 pub mod run;
 
-use super::AppState;
+use super::errors::ServeError;
+use super::{check_api_key, AppState};
 use axum::extract::{Path, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
@@ -80,13 +84,17 @@ async fn asset(Path(file): Path<String>) -> Response {
             *text,
         )
             .into_response(),
-        None => super::errors::ServeError::RouteNotFound(format!("/assets/{file}")).into_response(),
+        None => ServeError::RouteNotFound(format!("/assets/{file}")).into_response(),
     }
 }
 
 /// The model served, its context, and every token's text (`text` decoded, `display` as
 /// the CLI shows it).
-async fn info(State(state): State<AppState>) -> Json<Value> {
+async fn info(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ServeError> {
+    check_api_key(&state, &headers)?;
     let tok = &state.tokenizer;
     let vocab: Vec<Value> = (0..tok.vocab_size() as crate::tokenizer::TokenId)
         .map(|id| json!({"id": id, "text": tok.decode(&[id]), "display": tok.display(id)}))
@@ -102,7 +110,7 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
             )
         })
         .unwrap_or_default();
-    Json(json!({
+    Ok(Json(json!({
         "model": &*state.model_id,
         "checkpoint": state.checkpoint.display().to_string(),
         "context": state.block_size,
@@ -110,5 +118,5 @@ async fn info(State(state): State<AppState>) -> Json<Value> {
         "tokenizer": tok.name(),
         "run": state.run_dir.is_some(),
         "vocab": vocab,
-    }))
+    })))
 }

@@ -2,7 +2,7 @@
 // coloured by the probability it was sampled with; hover for the alternatives, click one
 // to branch from there (the old branch stays one click away).
 import {
-  api, clearError, errorMessage, info, readSse, readUrl, showError, tokenElement, writeUrl,
+  api, authHeaders, clearError, errorMessage, info, readSse, readUrl, showError, tokenElement, writeUrl,
 } from './common.js';
 
 const TOP_LOGPROBS = 5;
@@ -179,7 +179,7 @@ async function stream(branch, body) {
   const speed = $('speed');
   try {
     const res = await fetch('/v1/completions', {
-      method: 'POST', headers: { 'content-type': 'application/json' },
+      method: 'POST', headers: { 'content-type': 'application/json', ...authHeaders() },
       body: JSON.stringify(body), signal: controller.signal,
     });
     if (!res.ok) throw new Error(await errorMessage(res));

@@ -15,8 +15,9 @@ use crate::run::metrics::Record;
 use crate::see::inspect;
 use crate::serve::errors::ServeError;
 use crate::serve::sse;
-use crate::serve::AppState;
+use crate::serve::{check_api_key, AppState};
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
@@ -46,7 +47,11 @@ pub async fn blocking<R: Send + 'static>(
         .map_err(|e| ServeError::Internal(format!("a background task failed: {e}")))?
 }
 
-pub async fn summary(State(state): State<AppState>) -> Result<Json<Value>, ServeError> {
+pub async fn summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ServeError> {
+    check_api_key(&state, &headers)?;
     let dir = run_dir(&state)?;
     blocking(move || {
         let Ok(ckpt) = checkpoint::resolve(&dir) else {
@@ -79,7 +84,11 @@ pub async fn summary(State(state): State<AppState>) -> Result<Json<Value>, Serve
     .await
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ServeError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ServeError> {
+    check_api_key(&state, &headers)?;
     let path = run_dir(&state)?.join("metrics.jsonl");
     let (response, frames) = sse::response();
     tokio::spawn(async move {
@@ -150,7 +159,11 @@ fn new_bytes(path: &Path, offset: &mut u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// Loads the run's newest checkpoint and hands it to the engine.
-pub async fn reload(State(state): State<AppState>) -> Result<Json<Value>, ServeError> {
+pub async fn reload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ServeError> {
+    check_api_key(&state, &headers)?;
     let dir = run_dir(&state)?;
     let device = state.engine.with_model(|model, _| model.device()).await?;
     let loaded = blocking(move || {

@@ -1,11 +1,12 @@
 // The training dashboard (`sympathy serve --run RUN_DIR`): curves that grow as
 // metrics.jsonl grows (server-sent events carry each new line), the run's config and
 // `inspect` summary, loading the newest checkpoint, and comparing two checkpoints.
-import { api, clearError, info, loadInfo, probColours, showError } from './common.js';
+import {
+  api, authHeaders, clearError, errorMessage, info, loadInfo, probColours, readSse, showError,
+} from './common.js';
 
 const $ = (id) => document.getElementById(id);
 const records = [];
-let source = null;
 let redrawQueued = false;
 
 /** A small line chart: each series is [values, colour]; x is the step. */
@@ -77,20 +78,25 @@ function queueRedraw() {
   if (!redrawQueued) { redrawQueued = true; requestAnimationFrame(redraw); }
 }
 
-/** Follows metrics.jsonl: the server sends every line once, then each new one. */
-function follow() {
-  if (source) return;
-  source = new EventSource('/v1/run/metrics');
-  source.onmessage = (e) => {
-    const r = JSON.parse(e.data);
-    const at = records.findIndex((old) => old.step >= r.step);
-    if (at >= 0) records.splice(at); // a resumed run redoes steps: the later line wins
-    records.push(r);
-    queueRedraw();
-  };
-  source.addEventListener('error', (e) => {
-    if (e.data) showError(`metrics: ${JSON.parse(e.data).error.message}`);
-  });
+/** Follows metrics.jsonl: the server sends every line once, then each new one. A
+ * dropped stream (the server restarted) is opened again after a pause. */
+async function follow() {
+  for (;;) {
+    records.length = 0;
+    try {
+      const res = await fetch('/v1/run/metrics', { headers: authHeaders() });
+      if (!res.ok) { showError(await errorMessage(res)); return; }
+      await readSse(res, (r) => {
+        const at = records.findIndex((old) => old.step >= r.step);
+        if (at >= 0) records.splice(at); // a resumed run redoes steps: the later line wins
+        records.push(r);
+        queueRedraw();
+      });
+    } catch (e) {
+      showError(`the metrics stream stopped (${e.message}); trying again`);
+    }
+    await new Promise((done) => { setTimeout(done, 2000); });
+  }
 }
 
 async function loadLatest() {
