@@ -62,7 +62,7 @@ function redraw() {
   const steps = records.map((r) => r.step);
   const col = (k) => records.map((r) => (r[k] === undefined ? null : r[k]));
   // Two viridis ends for train/val: distinct in lightness, not only in hue.
-  lineChart($('chart-loss'), steps, [[col('loss'), '#3b528b'], [col('val_loss'), '#e6a100']], false);
+  lineChart($('chart-loss'), steps, [[col('loss'), '#3b528b'], [col('val_loss'), '#b07a00']], false);
   lineChart($('chart-lr'), steps, [[col('lr'), '#21918c']], false);
   lineChart($('chart-tps'), steps, [[col('tokens_per_s'), '#440154']], false);
   lineChart($('chart-mfu'), steps, [[col('mfu'), '#5ec962']], false);
