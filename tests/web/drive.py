@@ -205,6 +205,8 @@ def check_dashboard(page):
         lines = [json.loads(l) for l in f if l.strip()]
     n = len({r["step"] for r in lines})
     page.wait_for_selector(f"[data-testid=run-points][data-count='{n}']", timeout=20000)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=f"{SHOTS}/web-dashboard.png")
     last = lines[-1]
     extra = dict(last, step=last["step"] + 1, loss=last["loss"] * 0.9)
     with open(f"{RUN_DIR}/metrics.jsonl", "a") as f:
@@ -246,8 +248,6 @@ def main():
         check_inside(page)
         page.screenshot(path=f"{SHOTS}/web-inside.png")
         check_dashboard(page)
-        page.evaluate("window.scrollTo(0, 0)")
-        page.screenshot(path=f"{SHOTS}/web-dashboard.png")
         check_reload(page)
         check_shared_url(ctx, api_text)
         check_non_ascii(ctx)
