@@ -113,6 +113,12 @@ function cell(pred, actual) {
   return td;
 }
 
+function textCell(text) {
+  const td = document.createElement('td');
+  td.textContent = String(text);
+  return td;
+}
+
 /** A table whose columns are positions: a header of the tokens, then `rows`. */
 function positionTable(rows) {
   const table = document.createElement('table');
@@ -142,6 +148,9 @@ function renderTopK() {
     rows.push([`#${r + 1}`, view.positions.map((p) => cell(p.top[r], p.actual?.token))]);
   }
   rows.push(['p(next)', view.positions.map((p) => (p.actual ? cell(p.actual) : cell(null)))]);
+  // The CLI's columns: each position's share of the loss, and the real token's rank.
+  rows.push(['-ln p', view.positions.map((p) => textCell(p.actual ? (-Math.log(Math.max(p.actual.prob, 1e-300))).toFixed(2) : ''))]);
+  rows.push(['rank', view.positions.map((p) => textCell(p.actual_rank ?? ''))]);
   $('topk').replaceChildren(positionTable(rows));
 }
 

@@ -10,6 +10,7 @@ const branches = []; // {params, tokens: [{text, id, prob, top, forced}], label,
 let current = -1;
 let controller = null;
 let hideTimer = null;
+let quiet = false; // focus returning from the alternatives does not reopen them
 
 const $ = (id) => document.getElementById(id);
 
@@ -91,8 +92,16 @@ function genElement(t, i) {
   el.dataset.index = i;
   el.tabIndex = 0;
   el.addEventListener('mouseenter', () => showAlternatives(el, i));
-  el.addEventListener('focus', () => showAlternatives(el, i));
+  el.addEventListener('focus', () => { if (!quiet) showAlternatives(el, i); });
   el.addEventListener('mouseleave', scheduleHide);
+  // From the keyboard: Enter or ↓ moves into the alternatives, Escape closes them.
+  el.addEventListener('keydown', (e) => {
+    const box = $('alternatives');
+    if (e.key === 'Enter' || e.key === 'ArrowDown') {
+      e.preventDefault();
+      box.querySelector('button')?.focus();
+    } else if (e.key === 'Escape') box.hidden = true;
+  });
   return el;
 }
 
@@ -132,6 +141,10 @@ function showAlternatives(el, i) {
   box.style.top = `${r.bottom + window.scrollY + 2}px`;
   box.hidden = false;
   box.onmouseenter = () => clearTimeout(hideTimer);
+  box.onfocusin = () => clearTimeout(hideTimer);
+  box.onkeydown = (e) => {
+    if (e.key === 'Escape') { quiet = true; box.hidden = true; el.focus(); quiet = false; }
+  };
   box.onmouseleave = scheduleHide;
 }
 
