@@ -711,3 +711,55 @@ fn the_official_openai_client_drives_it() {
     );
     assert!(out.contains("all checks passed"));
 }
+
+#[test]
+fn bench_serve_reports_consistent_rounds() {
+    let dir = trained_dir().to_str().unwrap();
+    let o = common::run(&[
+        "bench",
+        "serve",
+        "--checkpoint",
+        dir,
+        "--device",
+        "cpu",
+        "--clients",
+        "1,2",
+        "--requests",
+        "1",
+        "--repeats",
+        "1",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: Value = serde_json::from_str(common::stdout(&o).trim()).unwrap();
+    let rounds = v["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for r in rounds {
+        // Every round makes the same work: 2 requests (1 client sends 2, 2 clients 1 each).
+        assert_eq!(r["requests"], 2, "{r}");
+        assert_eq!(r["completion_tokens"], 16, "{r}");
+        let (wall, tps) = (
+            r["wall_s"].as_f64().unwrap(),
+            r["tokens_per_s"].as_f64().unwrap(),
+        );
+        assert!(
+            (tps * wall - 16.0).abs() < 1e-6 * 16.0,
+            "tokens_per_s is tokens over wall time: {r}"
+        );
+        assert!(
+            r["decode_tokens_per_s"].as_f64().unwrap() >= tps,
+            "decoding spans lie within the round"
+        );
+        assert!(r["ttft_p50_ms"].as_f64().unwrap() <= r["ttft_p99_ms"].as_f64().unwrap());
+        assert!(r["ttft_p99_ms"].as_f64().unwrap() <= r["latency_p99_ms"].as_f64().unwrap());
+    }
+    let o = common::run(&["bench", "serve", "--checkpoint", dir, "--clients", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        common::stderr(&o).starts_with("error: --clients"),
+        "{}",
+        common::stderr(&o)
+    );
+}

@@ -35,9 +35,13 @@ pub(crate) struct BenchServeArgs {
     /// Concurrent clients per round, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     clients: Vec<usize>,
-    /// Streaming requests each client sends in turn.
+    /// Streaming requests each client sends in turn at the largest client count; fewer
+    /// clients send proportionally more, so every round makes the same tokens.
     #[arg(long, default_value_t = 2)]
     requests: usize,
+    /// Rounds per client count, taking turns; each reports its fastest.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
     /// Tokens per completion (`<eos>` is banned, so each is exactly this long).
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
@@ -236,12 +240,16 @@ pub(crate) fn cmd_bench_serve(args: BenchServeArgs) -> Result<()> {
     let bench = serve::ServeBench {
         clients: args.clients,
         requests: args.requests,
+        repeats: args.repeats,
         max_tokens: args.max_tokens,
         prompt: args.prompt.replace("\\n", "\n"),
         threads: args.threads,
     };
     let rounds = serve::bench_serve(loaded, &bench, |r| {
-        eprintln!("{} clients: {:.0} tokens/s", r.clients, r.tokens_per_s)
+        eprintln!(
+            "{} clients: {:.0} tokens/s decoding, {:.0} end to end",
+            r.clients, r.decode_tokens_per_s, r.tokens_per_s
+        )
     })?;
     if args.json {
         println!(
@@ -250,15 +258,18 @@ pub(crate) fn cmd_bench_serve(args: BenchServeArgs) -> Result<()> {
         );
         return Ok(());
     }
-    println!("clients  requests  tokens/s  vs 1 client  TTFT p50/p99 ms  latency p50/p99 ms");
-    let base = rounds.first().map_or(1.0, |r| r.tokens_per_s);
+    println!("clients  decode tok/s  vs first  end-to-end tok/s  vs first  TTFT p50/p99 ms  latency p50/p99 ms");
+    let first = rounds
+        .first()
+        .map_or((1.0, 1.0), |r| (r.decode_tokens_per_s, r.tokens_per_s));
     for r in &rounds {
         println!(
-            "{:>7}  {:>8}  {:>8.0}  {:>10.2}x  {:>7.0} / {:<6.0}  {:>8.0} / {:<6.0}",
+            "{:>7}  {:>12.0}  {:>7.2}x  {:>16.0}  {:>7.2}x  {:>7.0} / {:<6.0}  {:>8.0} / {:<6.0}",
             r.clients,
-            r.requests,
+            r.decode_tokens_per_s,
+            r.decode_tokens_per_s / first.0,
             r.tokens_per_s,
-            r.tokens_per_s / base,
+            r.tokens_per_s / first.1,
             r.ttft_p50_ms,
             r.ttft_p99_ms,
             r.latency_p50_ms,

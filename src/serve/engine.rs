@@ -6,7 +6,7 @@
 //! own. The queue's bound is the back-pressure: when it is full a request is refused
 //! with 429 at once instead of waiting without limit.
 //!
-//! **Continuous batching.** Every loop of [`Engine::run`]:
+//! **Continuous batching.** Every loop of the inference thread:
 //! 1. *join*: while a row of the [`SlotCache`] is free, take a job from the queue and
 //!    prefill its prompt alone (B = 1, exactly as `generate` does), which leaves the
 //!    logits of its first token and a one-row cache that is copied into the free row;
@@ -131,6 +131,8 @@ pub struct Metrics {
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub decode_steps: AtomicU64,
+    /// Microseconds spent in decode steps.
+    pub decode_us: AtomicU64,
     /// Rows in the last decode step.
     pub batch_size: AtomicU64,
 }
@@ -440,10 +442,13 @@ impl Engine {
             .iter()
             .map(|r| *r.context.last().expect("never empty") as i64)
             .collect();
+        let started = Instant::now();
         let logits = self.model.decode_rows(&tokens, &mut self.cache); // (B, V)
         for (row, l) in self.rows.iter_mut().zip(logits_rows(&logits)) {
             row.logits = l;
         }
+        let us = started.elapsed().as_micros() as u64;
+        self.metrics.decode_us.fetch_add(us, Relaxed);
         self.metrics.decode_steps.fetch_add(1, Relaxed);
         self.metrics.batch_size.store(tokens.len() as u64, Relaxed);
     }

@@ -290,6 +290,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             m.decode_steps.load(Relaxed),
         ),
         (
+            "decode_microseconds_total",
+            "counter",
+            "time spent in batched decode steps",
+            m.decode_us.load(Relaxed),
+        ),
+        (
             "queue_depth",
             "gauge",
             "jobs waiting for a batch row",
