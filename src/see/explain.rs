@@ -10,9 +10,13 @@
 //! - **Attention.** Per layer, the (H, T, T) weights: row `t` says how much position `t`
 //!   takes from each earlier position (drawn by [`crate::see::plot`]).
 //! - **The logit lens** (nostalgebraist 2020). The residual stream after the embeddings
-//!   and after every block, at the last position, decoded by the final `ln_f` and the
+//!   and after every block, at every position, decoded by the final `ln_f` and the
 //!   tied head as if the model ended there. The last row is the model's real output;
 //!   earlier rows show how the prediction forms layer by layer.
+//!
+//! One computation, two views: [`render`] prints the tables of `sympathy explain`
+//! (the lens at the last position), and [`crate::see::explain_view`] turns the same
+//! [`Explanation`] into the JSON the web page draws (the lens at every position).
 
 use crate::infer::sampling::ranked;
 use crate::model::nats_to_bits;
@@ -69,7 +73,12 @@ pub struct Explanation {
     /// The residual stream at the last position decoded by `ln_f` + head, (L + 1, V):
     /// row 0 after the embeddings, row `i + 1` after block `i`.
     pub lens_logits: Tensor,
+    /// The lens at the last position, one row per stage (what the CLI prints); equal to
+    /// the last column of `lens_grid`.
     pub lens: Vec<LensRow>,
+    /// The lens at every position: `lens_grid[stage][pos]` is the top-k of that
+    /// residual decoded by `ln_f` + head, stage 0 after the embeddings.
+    pub lens_grid: Vec<Vec<Vec<Prediction>>>,
 }
 
 /// The `k` largest entries of a probability row (V,), most likely first.
@@ -105,27 +114,12 @@ pub fn explain(
     k: usize,
     last: Option<usize>,
 ) -> Result<Explanation> {
-    let block = model.config().block_size as usize;
-    if ids.is_empty() || ids.len() > block {
-        return Err(Error::config(
-            "--prompt",
-            format!(
-                "must hold 1..={block} tokens after preparation, got {}",
-                ids.len()
-            ),
-        ));
-    }
-    if k == 0 {
-        return Err(Error::config("--top-k", "must be at least 1"));
-    }
-    if last == Some(0) {
-        return Err(Error::config("--last", "must be at least 1"));
-    }
+    check_request(model.config().block_size as usize, ids.len(), k, last)?;
     let t = ids.len();
     let as_i64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let idx = Tensor::from_slice(&as_i64).to(model.device()).unsqueeze(0); // (1, T)
 
-    let (probs, attention, lens_logits) = tch::no_grad(|| {
+    let (probs, attention, lens_all) = tch::no_grad(|| {
         let (logits, trace) = model.forward_traced(&idx); // (1, T, V)
         let probs = logits.get(0).softmax(-1, Kind::Float).to(Device::Cpu); // (T, V)
         let attention: Vec<Tensor> = trace
@@ -133,47 +127,45 @@ pub fn explain(
             .iter()
             .map(|a| a.get(0).to(Device::Cpu)) // (1, H, T, T) -> (H, T, T)
             .collect();
-        // The logit lens: every residual (1, T, C) at the last position -> (1, 1, C),
-        // through the model's own final norm and tied head -> (V,).
+        // The logit lens: every residual (1, T, C) through the model's own final norm
+        // and tied head -> (T, V), one stage at a time (a (L + 1, T, V) stack of a
+        // large vocabulary would not fit).
         let lens: Vec<Tensor> = trace
             .residual
             .iter()
-            .map(|x| model.head(&x.narrow(1, t as i64 - 1, 1)).view([-1]))
+            .map(|x| model.head(x).get(0).to_kind(Kind::Float).to(Device::Cpu))
             .collect();
-        (probs, attention, Tensor::stack(&lens, 0).to(Device::Cpu)) // (L + 1, V)
+        (probs, attention, lens)
     });
 
     let prob_rows = rows(&probs);
     let shown = last.unwrap_or(t).min(t);
     let positions = (t - shown..t)
-        .map(|pos| {
-            let row = &prob_rows[pos];
-            let actual = ids
-                .get(pos + 1)
-                .map(|&next| prediction(next, row, tokenizer));
-            let actual_rank = actual
-                .as_ref()
-                .map(|a| row.iter().filter(|&&p| p as f64 > a.prob).count() + 1);
-            PositionReport {
-                pos,
-                token: tokenizer.display(ids[pos]),
-                top: top_k(row, k, tokenizer),
-                actual,
-                actual_rank,
-            }
+        .map(|pos| position_report(pos, ids, &prob_rows[pos], k, tokenizer))
+        .collect();
+    let lens_grid: Vec<Vec<Vec<Prediction>>> = lens_all
+        .iter()
+        .map(|logits| {
+            rows(&logits.softmax(-1, Kind::Float)) // (T, V)
+                .iter()
+                .map(|row| top_k(row, k, tokenizer))
+                .collect()
         })
         .collect();
-    let lens_probs = rows(&lens_logits.softmax(-1, Kind::Float));
-    let lens = lens_probs
+    // The last position of every stage, (L + 1, V).
+    let lens_logits = Tensor::stack(
+        &lens_all
+            .iter()
+            .map(|l| l.get(t as i64 - 1))
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let lens = lens_grid
         .iter()
         .enumerate()
-        .map(|(i, row)| LensRow {
-            stage: if i == 0 {
-                "embeddings".to_string()
-            } else {
-                format!("block {}", i - 1)
-            },
-            top: top_k(row, k, tokenizer),
+        .map(|(i, stage)| LensRow {
+            stage: stage_name(i),
+            top: stage[t - 1].clone(),
         })
         .collect();
     Ok(Explanation {
@@ -184,7 +176,76 @@ pub fn explain(
         attention,
         lens_logits,
         lens,
+        lens_grid,
     })
+}
+
+/// The prompt fits the context, and `k` and `last` ask for at least one row.
+fn check_request(block: usize, t: usize, k: usize, last: Option<usize>) -> Result<()> {
+    if t == 0 || t > block {
+        return Err(Error::config(
+            "--prompt",
+            format!("must hold 1..={block} tokens after preparation, got {t}"),
+        ));
+    }
+    if k == 0 {
+        return Err(Error::config("--top-k", "must be at least 1"));
+    }
+    if last == Some(0) {
+        return Err(Error::config("--last", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Mean `-ln p` over `probs`, the probabilities given to the tokens that came (the
+/// training loss of those predictions); `None` when there are none.
+pub fn mean_nll(probs: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = probs.into_iter().fold((0.0, 0usize), |(sum, n), p| {
+        (sum - p.max(f64::MIN_POSITIVE).ln(), n + 1)
+    });
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// The mean loss over the shown positions whose next token is known, in nats.
+pub fn mean_loss(positions: &[PositionReport]) -> Option<f64> {
+    mean_nll(
+        positions
+            .iter()
+            .filter_map(|p| p.actual.as_ref())
+            .map(|a| a.prob),
+    )
+}
+
+/// `embeddings` for stage 0, `block i` for the residual after block `i`.
+pub fn stage_name(stage: usize) -> String {
+    match stage {
+        0 => "embeddings".to_string(),
+        i => format!("block {}", i - 1),
+    }
+}
+
+/// Position `pos`'s top-k next tokens from its probability row (V,), and how the model
+/// rated the token that actually follows.
+fn position_report(
+    pos: usize,
+    ids: &[TokenId],
+    row: &[f32],
+    k: usize,
+    tokenizer: &Tokenizer,
+) -> PositionReport {
+    let actual = ids
+        .get(pos + 1)
+        .map(|&next| prediction(next, row, tokenizer));
+    let actual_rank = actual
+        .as_ref()
+        .map(|a| row.iter().filter(|&&p| p as f64 > a.prob).count() + 1);
+    PositionReport {
+        pos,
+        token: tokenizer.display(ids[pos]),
+        top: top_k(row, k, tokenizer),
+        actual,
+        actual_rank,
+    }
 }
 
 fn predictions(top: &[Prediction]) -> String {
@@ -208,13 +269,10 @@ pub fn render(e: &Explanation) -> String {
         "{:>4}  {:<5} {:<5} {:>7} {:>6} {:>5}   top predictions",
         "pos", "seen", "next", "p(next)", "-ln p", "rank"
     );
-    let (mut loss, mut n) = (0.0, 0);
     for p in &e.positions {
         let (next, prob, nll, rank) = match (&p.actual, p.actual_rank) {
             (Some(a), Some(r)) => {
                 let nll = -a.prob.max(f64::MIN_POSITIVE).ln();
-                loss += nll;
-                n += 1;
                 (
                     a.text.clone(),
                     format!("{:.3}", a.prob),
@@ -236,8 +294,8 @@ pub fn render(e: &Explanation) -> String {
             predictions(&p.top)
         );
     }
-    if n > 0 {
-        let mean = loss / n as f64;
+    if let Some(mean) = mean_loss(&e.positions) {
+        let n = e.positions.iter().filter(|p| p.actual.is_some()).count();
         let _ = writeln!(
             s,
             "mean loss over the {n} known next characters: {mean:.4} nats ({:.3} bits/char)",

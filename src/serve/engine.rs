@@ -116,6 +116,8 @@ type Work = Box<dyn FnOnce(&Gpt, &Tokenizer) + Send>;
 enum Job {
     Generate(GenJob),
     Work(Work),
+    /// Another model of the same shape (the web page's "load the newest checkpoint").
+    Replace(Box<Gpt>, oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -183,6 +185,18 @@ impl EngineHandle {
             Ok(Err(())) => Err(ServeError::Internal("the model work failed".into())),
             Err(_) => Err(ServeError::ShuttingDown),
         }
+    }
+
+    /// Swaps in `model` (same config and tokenizer as the one served) between two
+    /// decode steps. Completions in flight end with an error event: their cached keys
+    /// and values belong to the old weights.
+    pub async fn replace_model(&self, model: Gpt) -> Result<(), ServeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Replace(Box::new(model), tx))
+            .await
+            .map_err(|_| ServeError::ShuttingDown)?;
+        rx.await.map_err(|_| ServeError::ShuttingDown)
     }
 
     /// Jobs waiting in the queue.
@@ -327,6 +341,16 @@ impl Engine {
     fn admit(&mut self, job: Job) {
         match job {
             Job::Work(work) => work(&self.model, &self.tokenizer),
+            Job::Replace(model, done) => {
+                self.model = *model;
+                self.fail_all(|| {
+                    ServeError::Internal(
+                        "the server switched to another checkpoint mid-completion; run it again"
+                            .into(),
+                    )
+                });
+                let _ = done.send(());
+            }
             Job::Shutdown => self.stopping.store(true, Relaxed),
             Job::Generate(job) if job.events.is_closed() => {
                 self.metrics.cancelled.fetch_add(1, Relaxed);

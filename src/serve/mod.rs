@@ -105,26 +105,29 @@ pub fn router(state: AppState) -> Router {
 
 /// `Authorization: Bearer KEY` when the server has a key.
 async fn require_api_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            None => {
-                return ServeError::Unauthorized(
-                    "missing API key: send Authorization: Bearer KEY".into(),
-                )
-                .into_response()
-            }
-            Some(k) if k != &**key => {
-                return ServeError::Unauthorized("incorrect API key".into()).into_response()
-            }
-            Some(_) => {}
-        }
+    match check_api_key(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
     }
-    next.run(request).await
+}
+
+/// `Authorization: Bearer KEY` when the server has a key (the API routes' middleware;
+/// the web page's data routes call it themselves).
+pub fn check_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), ServeError> {
+    let Some(key) = &state.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(ServeError::Unauthorized(
+            "missing API key: send Authorization: Bearer KEY".into(),
+        )),
+        Some(k) if k != &**key => Err(ServeError::Unauthorized("incorrect API key".into())),
+        Some(_) => Ok(()),
+    }
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
