@@ -10,6 +10,7 @@ pub mod bench;
 pub mod generate;
 pub mod inspect;
 pub mod interop;
+pub mod tokenizer;
 pub mod train;
 
 /// Applies `Some` overrides to a config, naming each field once.

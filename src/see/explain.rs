@@ -240,7 +240,7 @@ pub fn render(e: &Explanation) -> String {
         let mean = loss / n as f64;
         let _ = writeln!(
             s,
-            "mean loss over the {n} known next characters: {mean:.4} nats ({:.3} bits/char)",
+            "mean loss over the {n} known next tokens: {mean:.4} nats ({:.3} bits/token)",
             nats_to_bits(mean)
         );
     }
