@@ -279,3 +279,68 @@ fn id_bytes(vocab: &HashMap<String, TokenId>) -> std::result::Result<Vec<Vec<u8>
         .map(|(id, b)| b.ok_or_else(|| format!("has no token with id {id}; the vocabulary has gaps")))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Bpe {
+        let texts: Vec<String> = (0..20)
+            .map(|i| format!("def f_{i}(self):\n        return self.x + {i}  # café 日本 🐍\n"))
+            .collect();
+        Bpe::train(&texts, 300).unwrap()
+    }
+
+    #[test]
+    fn specials_first_then_bytes_and_merges() {
+        let b = small();
+        assert_eq!(b.vocab_size(), 300);
+        assert_eq!(b.display(BPE_EOS), "<eos>");
+        assert!(b.token_bytes(BPE_PAD).is_empty());
+        // Merges happened: the repeated line takes far fewer tokens than bytes.
+        let text = "        return self.x + 3  # café 日本 🐍\n";
+        let ids = b.encode(text);
+        assert!(ids.len() * 2 < text.len(), "{} tokens", ids.len());
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| b.token_bytes(i).to_vec()).collect();
+        assert_eq!(bytes, text.as_bytes());
+    }
+
+    #[test]
+    fn our_byte_table_agrees_with_the_library_decoder() {
+        // The library decodes a token to text (lossy); wherever a token is whole UTF-8,
+        // our table's bytes must be exactly that text.
+        let b = small();
+        let mut whole = 0;
+        for id in 2..b.vocab_size() as TokenId {
+            let theirs = b.inner.decode(&[id], false).unwrap();
+            if let Ok(ours) = std::str::from_utf8(b.token_bytes(id)) {
+                assert_eq!(ours, theirs, "id {id}");
+                whole += 1;
+            }
+        }
+        assert!(whole > 100);
+    }
+
+    #[test]
+    fn display_marks_spaces_newlines_and_partial_characters() {
+        let b = small();
+        let ids = b.encode("é");
+        let shown: String = ids.iter().map(|&i| b.display(i)).collect();
+        assert!(shown == "é" || shown == "<c3><a9>", "{shown}");
+        let nl = b.encode("\n")[0];
+        assert_eq!(b.display(nl), "\\n");
+        let sp = b.encode(" ")[0];
+        assert_eq!(b.display(sp), "␣");
+    }
+
+    #[test]
+    fn the_json_round_trips_and_other_files_are_refused() {
+        let b = small();
+        let again = Bpe::from_json(&b.to_json()).unwrap();
+        assert_eq!(again, b);
+        assert!(Bpe::from_json("{").unwrap_err().contains("not a Hugging Face tokenizer"));
+        assert!(check_vocab_size(257).is_err());
+        assert!(check_vocab_size(258).is_ok());
+        assert!(check_vocab_size((1i64 << 32) + 1).is_err());
+    }
+}
