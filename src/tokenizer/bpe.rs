@@ -156,6 +156,10 @@ impl Bpe {
         if single.len() < 256 {
             return Err(format!("has tokens for only {} of the 256 bytes; it is not a byte-level BPE", single.len()));
         }
+        // `<eos>` typed in a prompt or present in a file is text, not the special token:
+        // every text round-trips (Python: `tokenizer.encode_special_tokens = True`).
+        let mut tok = tok;
+        tok.set_encode_special_tokens(true);
         Ok(Bpe {
             inner: Arc::new(tok),
             bytes: Arc::new(bytes),
