@@ -336,7 +336,10 @@ impl TokenWidth {
         } else {
             Err(Error::config(
                 "--vocab-size",
-                format!("{vocab_size} ids do not fit the token cache's 32-bit integers; use at most {}", 1u64 << 32),
+                format!(
+                    "{vocab_size} ids do not fit the token cache's 32-bit integers; use at most {}",
+                    1u64 << 32
+                ),
             ))
         }
     }
@@ -406,7 +409,10 @@ pub fn training_texts(root: &Path, ext: &str) -> Result<Vec<String>> {
     let (train, _) = split_by_file(root, &files)?;
     let texts: Vec<String> = read_texts(&train, &mut CorpusReport::default()).collect();
     if texts.is_empty() {
-        return Err(Error::corpus(root, "no readable UTF-8 file in the training split; add source files"));
+        return Err(Error::corpus(
+            root,
+            "no readable UTF-8 file in the training split; add source files",
+        ));
     }
     Ok(texts)
 }

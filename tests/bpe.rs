@@ -14,7 +14,9 @@ use sympathy::tokenizer::stream::Utf8Stream;
 use sympathy::tokenizer::{Bpe, Tokenizer};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpe").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("bpe")
+        .join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
@@ -51,7 +53,9 @@ fn round_trip_on_every_file_of_the_default_corpus() {
     let bpe = Tokenizer::Bpe(Bpe::train(&texts, 512).unwrap());
     let (mut checked, mut non_ascii) = (0, 0);
     for f in &files {
-        let Ok(text) = fs::read_to_string(f) else { continue };
+        let Ok(text) = fs::read_to_string(f) else {
+            continue;
+        };
         let ids = bpe.encode(&text).ids;
         assert_eq!(bpe.decode_bytes(&ids), text.as_bytes(), "{}", f.display());
         checked += 1;
@@ -64,7 +68,11 @@ fn round_trip_on_every_file_of_the_default_corpus() {
 /// The venv's Python with `tokenizers` installed from PyPI (installed here if missing).
 fn python_with_tokenizers() -> PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(python.is_file(), "{} is missing; run `make libtorch` to create the venv", python.display());
+    assert!(
+        python.is_file(),
+        "{} is missing; run `make libtorch` to create the venv",
+        python.display()
+    );
     let has = |py: &Path| {
         Command::new(py)
             .args(["-c", "import tokenizers"])
@@ -76,9 +84,16 @@ fn python_with_tokenizers() -> PathBuf {
             .args(["-m", "pip", "install", "--quiet", "tokenizers"])
             .output()
             .expect("pip runs");
-        assert!(o.status.success(), "pip install tokenizers failed (PyPI reachable?): {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "pip install tokenizers failed (PyPI reachable?): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
-    assert!(has(&python), "tokenizers is still not importable after pip install");
+    assert!(
+        has(&python),
+        "tokenizers is still not importable after pip install"
+    );
     python
 }
 
@@ -88,8 +103,14 @@ fn python_tokenizers_gives_the_same_ids_for_the_saved_file() {
     let corpus = write_unicode_corpus(&dir.join("corpus"), 12);
     let file = dir.join("tok.json");
     let o = run(&[
-        "tokenizer", "train", "--data", corpus.to_str().unwrap(), "--vocab-size", "400",
-        "--out", file.to_str().unwrap(),
+        "tokenizer",
+        "train",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--vocab-size",
+        "400",
+        "--out",
+        file.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let samples = [
@@ -138,8 +159,17 @@ fn trained_run(name: &str) -> (PathBuf, PathBuf) {
     let corpus = write_unicode_corpus(&dir.join("corpus"), 12);
     let out = dir.join("run");
     let mut args = vec![
-        "train", "--data", corpus.to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--max-steps", "30", "--tokenizer", "bpe", "--vocab-size", "320",
+        "train",
+        "--data",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "30",
+        "--tokenizer",
+        "bpe",
+        "--vocab-size",
+        "320",
     ];
     args.extend_from_slice(TINY);
     let o = run(&args);
@@ -159,20 +189,50 @@ fn checkpoint_keeps_its_tokenizer_and_every_command_uses_it() {
     assert_eq!(state.model.vocab_size, 320);
     // tokenize through the checkpoint and through the file give the same ids.
     let text = "def café(): return '日本'\n";
-    let a = run(&["tokenize", "--json", "--checkpoint", out.to_str().unwrap(), text]);
-    let b = run(&["tokenize", "--json", "--tokenizer", cached.to_str().unwrap(), text]);
+    let a = run(&[
+        "tokenize",
+        "--json",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        text,
+    ]);
+    let b = run(&[
+        "tokenize",
+        "--json",
+        "--tokenizer",
+        cached.to_str().unwrap(),
+        text,
+    ]);
     assert!(a.status.success(), "{}", stderr(&a));
     assert_eq!(stdout(&a), stdout(&b));
     let report: serde_json::Value = serde_json::from_str(&stdout(&a)).unwrap();
     assert_eq!(report["tokenizer"], "bpe-320");
     assert!(report["bytes_per_token"].as_f64().unwrap() > 1.0);
     // eval reports bits per byte; resume keeps the tokenizer.
-    let e = run(&["eval", "--checkpoint", out.to_str().unwrap(), "--device", "cpu", "--json"]);
+    let e = run(&[
+        "eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+    ]);
     assert!(e.status.success(), "{}", stderr(&e));
     let e: serde_json::Value = serde_json::from_str(&stdout(&e)).unwrap();
-    let (loss, bpb, bpt) = (e["val_loss"].as_f64().unwrap(), e["bits_per_byte"].as_f64().unwrap(), e["bytes_per_token"].as_f64().unwrap());
+    let (loss, bpb, bpt) = (
+        e["val_loss"].as_f64().unwrap(),
+        e["bits_per_byte"].as_f64().unwrap(),
+        e["bytes_per_token"].as_f64().unwrap(),
+    );
     assert!((bpb - loss / std::f64::consts::LN_2 / bpt).abs() < 1e-9 * bpb);
-    let mut args = vec!["train", "--resume", "--out", out.to_str().unwrap(), "--max-steps", "35"];
+    let mut args = vec![
+        "train",
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "35",
+    ];
     args.extend_from_slice(&["--data", corpus.to_str().unwrap(), "--device", "cpu"]);
     let r = run(&args);
     assert!(r.status.success(), "{}", stderr(&r));
@@ -190,8 +250,19 @@ fn generation_streams_whole_characters_once() {
     let (_, out) = trained_run("stream");
     for seed in ["1", "2", "3"] {
         let o = run(&[
-            "generate", "--checkpoint", out.to_str().unwrap(), "--device", "cpu",
-            "--prompt", "# café 日", "--max-tokens", "60", "--seed", seed, "--temperature", "1.5",
+            "generate",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--prompt",
+            "# café 日",
+            "--max-tokens",
+            "60",
+            "--seed",
+            seed,
+            "--temperature",
+            "1.5",
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         // Streamed piece by piece, stdout is still valid UTF-8 (no half characters)...
@@ -203,9 +274,16 @@ fn generation_streams_whole_characters_once() {
     let bpe = Tokenizer::Bpe(Bpe::load(&out.join("tokens/bpe-320.json")).unwrap());
     let text = "Grüße 🐍 日本語 «ü» café\n";
     let ids = bpe.encode(text).ids;
-    assert!(ids.iter().any(|&id| std::str::from_utf8(&bpe.token_bytes(id)).is_err()), "some token ends inside a character");
+    assert!(
+        ids.iter()
+            .any(|&id| std::str::from_utf8(&bpe.token_bytes(id)).is_err()),
+        "some token ends inside a character"
+    );
     let mut stream = Utf8Stream::new();
-    let mut streamed: String = ids.iter().map(|&id| stream.push(&bpe.token_bytes(id))).collect();
+    let mut streamed: String = ids
+        .iter()
+        .map(|&id| stream.push(&bpe.token_bytes(id)))
+        .collect();
     streamed.push_str(&stream.finish());
     assert_eq!(streamed, text);
 }
@@ -215,8 +293,20 @@ fn stop_strings_match_across_token_boundaries() {
     let (_, out) = trained_run("stop");
     let generate = |stop: Option<&str>| -> serde_json::Value {
         let mut a = vec![
-            "generate", "--checkpoint", out.to_str().unwrap(), "--device", "cpu", "--json",
-            "--prompt", "def ", "--max-tokens", "80", "--temperature", "1.0", "--seed", "7",
+            "generate",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+            "--prompt",
+            "def ",
+            "--max-tokens",
+            "80",
+            "--temperature",
+            "1.0",
+            "--seed",
+            "7",
         ];
         if let Some(s) = stop {
             a.extend(["--stop", s]);
@@ -244,9 +334,14 @@ fn stop_strings_match_across_token_boundaries() {
             }
         }
     }
-    let (cut, stop) = found.expect("two generated tokens meet in an ASCII pair seen nowhere before");
+    let (cut, stop) =
+        found.expect("two generated tokens meet in an ASCII pair seen nowhere before");
     let stopped = generate(Some(&stop));
-    assert_eq!(stopped["text"].as_str().unwrap(), &text[..cut], "stop {stop:?}");
+    assert_eq!(
+        stopped["text"].as_str().unwrap(),
+        &text[..cut],
+        "stop {stop:?}"
+    );
     assert_eq!(stopped["stop_reason"], "stop_string");
 }
 
@@ -259,41 +354,182 @@ fn bad_tokenizer_inputs_are_one_line_errors() {
         let o = run(args);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+            "{args:?}: {err}"
+        );
         assert!(err.contains(needle), "{args:?}: {err} lacks {needle}");
     };
     let out = dir.join("t.json");
     let o = out.to_str().unwrap();
     // A vocabulary smaller than the 256 bytes plus specials; more than u32 ids.
-    expect_error(&["tokenizer", "train", "--data", c, "--vocab-size", "100", "--out", o], "--vocab-size");
-    expect_error(&["tokenizer", "train", "--data", c, "--vocab-size", "8589934592", "--out", o], "--vocab-size");
+    expect_error(
+        &[
+            "tokenizer",
+            "train",
+            "--data",
+            c,
+            "--vocab-size",
+            "100",
+            "--out",
+            o,
+        ],
+        "--vocab-size",
+    );
+    expect_error(
+        &[
+            "tokenizer",
+            "train",
+            "--data",
+            c,
+            "--vocab-size",
+            "8589934592",
+            "--out",
+            o,
+        ],
+        "--vocab-size",
+    );
     let run_dir = dir.join("r");
     let r = run_dir.to_str().unwrap();
-    expect_error(&["train", "--data", c, "--out", r, "--tokenizer", "bpe", "--vocab-size", "257", "--preset", "tiny"], "--vocab-size");
-    expect_error(&["train", "--data", c, "--out", r, "--vocab-size", "300", "--preset", "tiny"], "--vocab-size");
+    expect_error(
+        &[
+            "train",
+            "--data",
+            c,
+            "--out",
+            r,
+            "--tokenizer",
+            "bpe",
+            "--vocab-size",
+            "257",
+            "--preset",
+            "tiny",
+        ],
+        "--vocab-size",
+    );
+    expect_error(
+        &[
+            "train",
+            "--data",
+            c,
+            "--out",
+            r,
+            "--vocab-size",
+            "300",
+            "--preset",
+            "tiny",
+        ],
+        "--vocab-size",
+    );
     // A corrupt file, a tokenizer of another kind, a file that does not exist.
     let corrupt = dir.join("corrupt.json");
     fs::write(&corrupt, "{\"model\": {\"type\": \"BPE\", ").unwrap();
-    expect_error(&["tokenize", "--tokenizer", corrupt.to_str().unwrap(), "x"], "corrupt.json");
+    expect_error(
+        &["tokenize", "--tokenizer", corrupt.to_str().unwrap(), "x"],
+        "corrupt.json",
+    );
     let wordlevel = dir.join("wordlevel.json");
     fs::write(&wordlevel, r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"a":1},"unk_token":"[UNK]"}}"#).unwrap();
-    expect_error(&["tokenize", "--tokenizer", wordlevel.to_str().unwrap(), "x"], "another kind");
-    expect_error(&["train", "--data", c, "--out", r, "--tokenizer", wordlevel.to_str().unwrap(), "--preset", "tiny"], "wordlevel.json");
-    expect_error(&["train", "--data", c, "--out", r, "--tokenizer", "nope.json", "--preset", "tiny"], "--tokenizer");
+    expect_error(
+        &["tokenize", "--tokenizer", wordlevel.to_str().unwrap(), "x"],
+        "another kind",
+    );
+    expect_error(
+        &[
+            "train",
+            "--data",
+            c,
+            "--out",
+            r,
+            "--tokenizer",
+            wordlevel.to_str().unwrap(),
+            "--preset",
+            "tiny",
+        ],
+        "wordlevel.json",
+    );
+    expect_error(
+        &[
+            "train",
+            "--data",
+            c,
+            "--out",
+            r,
+            "--tokenizer",
+            "nope.json",
+            "--preset",
+            "tiny",
+        ],
+        "--tokenizer",
+    );
     // A checkpoint whose tokenizer.json does not match its embedding.
     let tok300 = dir.join("t300.json");
-    assert!(run(&["tokenizer", "train", "--data", c, "--vocab-size", "300", "--out", tok300.to_str().unwrap()]).status.success());
+    assert!(run(&[
+        "tokenizer",
+        "train",
+        "--data",
+        c,
+        "--vocab-size",
+        "300",
+        "--out",
+        tok300.to_str().unwrap()
+    ])
+    .status
+    .success());
     let tok280 = dir.join("t280.json");
-    assert!(run(&["tokenizer", "train", "--data", c, "--vocab-size", "280", "--out", tok280.to_str().unwrap()]).status.success());
-    let mut args = vec!["train", "--data", c, "--out", r, "--max-steps", "2", "--tokenizer", tok300.to_str().unwrap()];
+    assert!(run(&[
+        "tokenizer",
+        "train",
+        "--data",
+        c,
+        "--vocab-size",
+        "280",
+        "--out",
+        tok280.to_str().unwrap()
+    ])
+    .status
+    .success());
+    let mut args = vec![
+        "train",
+        "--data",
+        c,
+        "--out",
+        r,
+        "--max-steps",
+        "2",
+        "--tokenizer",
+        tok300.to_str().unwrap(),
+    ];
     args.extend_from_slice(TINY);
     let t = run(&args);
     assert!(t.status.success(), "{}", stderr(&t));
     let ckpt = run_dir.join("ckpt-latest");
     fs::copy(&tok280, ckpt.join("tokenizer.json")).unwrap();
-    expect_error(&["generate", "--checkpoint", r, "--device", "cpu", "--prompt", "x"], "tokenizer.json");
+    expect_error(
+        &[
+            "generate",
+            "--checkpoint",
+            r,
+            "--device",
+            "cpu",
+            "--prompt",
+            "x",
+        ],
+        "tokenizer.json",
+    );
     fs::write(ckpt.join("tokenizer.json"), "not json").unwrap();
-    expect_error(&["generate", "--checkpoint", r, "--device", "cpu", "--prompt", "x"], "tokenizer.json");
+    expect_error(
+        &[
+            "generate",
+            "--checkpoint",
+            r,
+            "--device",
+            "cpu",
+            "--prompt",
+            "x",
+        ],
+        "tokenizer.json",
+    );
     fs::remove_file(ckpt.join("tokenizer.json")).unwrap();
     expect_error(&["tokenize", "--checkpoint", r, "x"], "tokenizer.json");
 }

@@ -77,7 +77,9 @@ pub(crate) fn cmd_tokenize(args: TokenizeArgs) -> Result<()> {
         (Some(c), _) => checkpoint::read_state(&checkpoint::resolve(c)?)?.tokenizer,
         (None, Some("char")) => Tokenizer::default(),
         (None, Some(file)) => Tokenizer::Bpe(Bpe::load(std::path::Path::new(file))?),
-        (None, None) => bail!("--checkpoint or --tokenizer: give one (a run folder, a tokenizer.json, or char)"),
+        (None, None) => {
+            bail!("--checkpoint or --tokenizer: give one (a run folder, a tokenizer.json, or char)")
+        }
     };
     let text = match args.text.as_deref() {
         Some(t) if t != "-" => t.to_string(),

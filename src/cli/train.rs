@@ -135,7 +135,11 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
         check_resume_flags(&args, &state.model)?;
         args.tokenizer.check_resume(&state.tokenizer)?;
         note_resume_changes(&args.train, &state.train);
-        (state.model, state.train, Some((state.data, state.tokenizer)))
+        (
+            state.model,
+            state.train,
+            Some((state.data, state.tokenizer)),
+        )
     } else {
         if checkpoint::resolve(&args.out).is_ok() {
             bail!("--out: {} already holds a checkpoint; pass --resume to continue it, or choose another --out", args.out.display());
@@ -215,7 +219,12 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     }
     let val = summary
         .val_loss
-        .map(|v| format!("val loss {v:.4} nats/token ({:.3} bits/byte)", bits_per_byte(v, summary.val_bytes_per_token)))
+        .map(|v| {
+            format!(
+                "val loss {v:.4} nats/token ({:.3} bits/byte)",
+                bits_per_byte(v, summary.val_bytes_per_token)
+            )
+        })
         .unwrap_or_else(|| "no validation yet".into());
     eprintln!(
         "trained to step {} ({:.2}M tokens, {:.0} tok/s at the end), {val}; checkpoint {}",
@@ -344,7 +353,12 @@ pub(crate) const DEFAULT_BPE_VOCAB: i64 = 2048;
 impl TokenizerFlags {
     /// The tokenizer of a new run: char, a BPE trained on the corpus (or its cached
     /// copy), or the one in a file.
-    fn resolve(&self, data: &std::path::Path, ext: &str, out: &std::path::Path) -> Result<Tokenizer> {
+    fn resolve(
+        &self,
+        data: &std::path::Path,
+        ext: &str,
+        out: &std::path::Path,
+    ) -> Result<Tokenizer> {
         match (self.tokenizer.as_deref().unwrap_or("char"), self.vocab_size) {
             ("char", None) => Ok(Tokenizer::default()),
             ("char", Some(_)) => bail!("--vocab-size: the char tokenizer's vocabulary is fixed; use it with --tokenizer bpe"),

@@ -112,8 +112,11 @@ fn write_tokenizer(tokenizer: &Tokenizer, cfg: &ModelConfig, out_dir: &Path) -> 
         "clean_up_tokenization_spaces": false,
     });
     let path = out_dir.join("tokenizer_config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json") + "\n")
-        .map_err(|e| Error::io(&path, e))
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&config).expect("json") + "\n",
+    )
+    .map_err(|e| Error::io(&path, e))
 }
 
 /// safetensors with the `{"format": "pt"}` header metadata that Hugging Face's

@@ -157,11 +157,19 @@ fn with_tokenizer_file(dir: &Path, mut value: serde_json::Value) -> Result<serde
     if spec.get("kind").and_then(|k| k.as_str()) != Some("bpe") {
         return Ok(value);
     }
-    let name = spec.get("file").and_then(|f| f.as_str()).unwrap_or(TOKENIZER_FILE);
+    let name = spec
+        .get("file")
+        .and_then(|f| f.as_str())
+        .unwrap_or(TOKENIZER_FILE);
     // Only a plain file name: state.json must not point outside its checkpoint.
     let file = dir.join(Path::new(name).file_name().unwrap_or(name.as_ref()));
     let text = fs::read_to_string(&file).map_err(|e| {
-        Error::checkpoint(&file, format!("cannot read the checkpoint's BPE tokenizer: {e}; the checkpoint is incomplete"))
+        Error::checkpoint(
+            &file,
+            format!(
+                "cannot read the checkpoint's BPE tokenizer: {e}; the checkpoint is incomplete"
+            ),
+        )
     })?;
     spec.insert("json".into(), serde_json::Value::String(text));
     Ok(value)

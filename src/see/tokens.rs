@@ -65,7 +65,13 @@ pub fn mark_boundaries(tokenizer: &Tokenizer, ids: &[TokenId], colour: bool) -> 
             let bg = BACKGROUNDS[i % BACKGROUNDS.len()];
             let parts: Vec<String> = text
                 .split('\n')
-                .map(|p| if p.is_empty() { String::new() } else { format!("\x1b[30;48;5;{bg}m{p}\x1b[0m") })
+                .map(|p| {
+                    if p.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\x1b[30;48;5;{bg}m{p}\x1b[0m")
+                    }
+                })
                 .collect();
             out.push_str(&parts.join("\n"));
         } else {

@@ -151,10 +151,16 @@ impl Bpe {
                 return Err(format!("id {id} is not {name}; sympathy's BPE puts <eos> and <pad> first (train with `sympathy tokenizer train`)"));
             }
         }
-        let single: std::collections::HashSet<&[u8]> =
-            bytes.iter().filter(|b| b.len() == 1).map(Vec::as_slice).collect();
+        let single: std::collections::HashSet<&[u8]> = bytes
+            .iter()
+            .filter(|b| b.len() == 1)
+            .map(Vec::as_slice)
+            .collect();
         if single.len() < 256 {
-            return Err(format!("has tokens for only {} of the 256 bytes; it is not a byte-level BPE", single.len()));
+            return Err(format!(
+                "has tokens for only {} of the 256 bytes; it is not a byte-level BPE",
+                single.len()
+            ));
         }
         // `<eos>` typed in a prompt or present in a file is text, not the special token:
         // every text round-trips (Python: `tokenizer.encode_special_tokens = True`).
@@ -172,7 +178,9 @@ impl Bpe {
     }
 
     pub fn to_json(&self) -> String {
-        self.inner.to_string(true).expect("a loaded tokenizer serialises")
+        self.inner
+            .to_string(true)
+            .expect("a loaded tokenizer serialises")
     }
 
     pub fn vocab_size(&self) -> i64 {
@@ -233,7 +241,10 @@ pub fn check_vocab_size(vocab_size: i64) -> Result<()> {
     if vocab_size > 1i64 << 32 {
         return Err(Error::config(
             "--vocab-size",
-            format!("{vocab_size} ids do not fit the token cache's 32-bit integers; use at most {}", 1i64 << 32),
+            format!(
+                "{vocab_size} ids do not fit the token cache's 32-bit integers; use at most {}",
+                1i64 << 32
+            ),
         ));
     }
     Ok(())
@@ -280,7 +291,9 @@ fn id_bytes(vocab: &HashMap<String, TokenId>) -> std::result::Result<Vec<Vec<u8>
     table
         .into_iter()
         .enumerate()
-        .map(|(id, b)| b.ok_or_else(|| format!("has no token with id {id}; the vocabulary has gaps")))
+        .map(|(id, b)| {
+            b.ok_or_else(|| format!("has no token with id {id}; the vocabulary has gaps"))
+        })
         .collect()
 }
 
@@ -305,7 +318,10 @@ mod tests {
         let text = "        return self.x + 3  # café 日本 🐍\n";
         let ids = b.encode(text);
         assert!(ids.len() * 2 < text.len(), "{} tokens", ids.len());
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| b.token_bytes(i).to_vec()).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| b.token_bytes(i).to_vec())
+            .collect();
         assert_eq!(bytes, text.as_bytes());
     }
 
@@ -342,7 +358,9 @@ mod tests {
         let b = small();
         let again = Bpe::from_json(&b.to_json()).unwrap();
         assert_eq!(again, b);
-        assert!(Bpe::from_json("{").unwrap_err().contains("not a Hugging Face tokenizer"));
+        assert!(Bpe::from_json("{")
+            .unwrap_err()
+            .contains("not a Hugging Face tokenizer"));
         assert!(check_vocab_size(257).is_err());
         assert!(check_vocab_size(258).is_ok());
         assert!(check_vocab_size((1i64 << 32) + 1).is_err());

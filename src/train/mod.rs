@@ -28,8 +28,8 @@ pub mod step;
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{Batches, TokenStreams};
-use crate::model::flops;
 use crate::model::bits_per_byte;
+use crate::model::flops;
 use crate::run::checkpoint::{self, DataSpec, State, BEST, LATEST};
 use crate::run::lock::RunLock;
 use crate::run::metrics::{MetricsWriter, Record};
