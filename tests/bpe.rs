@@ -224,6 +224,7 @@ fn checkpoint_keeps_its_tokenizer_and_every_command_uses_it() {
         e["bits_per_byte"].as_f64().unwrap(),
         e["bytes_per_token"].as_f64().unwrap(),
     );
+    // The same f64 arithmetic as `eval`, in another order: equal to a few ulps anywhere.
     assert!((bpb - loss / std::f64::consts::LN_2 / bpt).abs() < 1e-9 * bpb);
     let mut args = vec![
         "train",
