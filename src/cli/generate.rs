@@ -9,9 +9,10 @@ use std::path::PathBuf;
 use sympathy::data::{self, Batches, TokenStreams};
 use sympathy::infer::generate::{self, Completion, GenerateConfig};
 use sympathy::infer::sampling::SamplingConfig;
-use sympathy::model::nats_to_bits;
+use sympathy::model::{bits_per_byte, nats_to_bits};
 use sympathy::run::checkpoint;
 use sympathy::runtime::device::DeviceChoice;
+use sympathy::tokenizer::Tokenizer;
 use sympathy::train;
 
 #[derive(Args)]
@@ -204,16 +205,23 @@ pub(crate) fn cmd_eval(args: EvalArgs) -> Result<()> {
     )?;
     let starts = batches.eval_starts(args.windows);
     let loss = train::evaluate(&loaded.model, &batches, &starts);
-    let bits = nats_to_bits(loss);
+    let bytes_per_token = streams.report.val_bytes_per_token();
+    let bpb = bits_per_byte(loss, bytes_per_token);
     if args.json {
-        let report = serde_json::json!({
-            "checkpoint": loaded.dir, "step": state.step, "val_loss": loss, "bits_per_char": bits,
+        let mut report = serde_json::json!({
+            "checkpoint": loaded.dir, "step": state.step, "val_loss": loss, "bits_per_byte": bpb,
+            "bytes_per_token": bytes_per_token, "tokenizer": state.tokenizer.label(),
             "windows": starts.len(), "tokens": starts.len() as i64 * state.model.block_size, "data": root,
         });
+        if let Tokenizer::Char { .. } = state.tokenizer {
+            // A char token is one character: bits per token are bits per character.
+            report["bits_per_char"] = nats_to_bits(loss).into();
+        }
         println!("{report}");
     } else {
         println!(
-            "val loss {loss:.4} nats/char, {bits:.4} bits/char ({} windows of {} chars, step {})",
+            "val loss {loss:.4} nats/token, {bpb:.4} bits/byte ({} tokenizer, {bytes_per_token:.2} bytes/token; {} windows of {} tokens, step {})",
+            state.tokenizer.label(),
             starts.len(),
             state.model.block_size,
             state.step

@@ -325,7 +325,7 @@ fn vocab_rows(itos: Option<&[String]>, nano_vocab: i64) -> Result<Vec<(i64, i64)
         if nano_vocab == CHAR_VOCAB_SIZE {
             return Ok((0..CHAR_VOCAB_SIZE).map(|i| (i, i)).collect()); // already sympathy's ids
         }
-        return Err(Error::config("--meta", format!("the checkpoint's vocab_size is {nano_vocab}, sympathy's char vocabulary has {CHAR_VOCAB_SIZE} ids; for a nanoGPT char model pass its data/NAME/meta.pkl (a GPT-2 BPE model cannot be imported: sympathy has no BPE tokenizer)")));
+        return Err(Error::config("--meta", format!("the checkpoint's vocab_size is {nano_vocab}, sympathy's char vocabulary has {CHAR_VOCAB_SIZE} ids; for a nanoGPT char model pass its data/NAME/meta.pkl (a GPT-2 BPE model cannot be imported: sympathy reads only its own byte-level BPE files, not GPT-2's vocabulary)")));
     };
     if itos.len() as i64 > nano_vocab {
         return Err(Error::config("--meta", format!("meta.pkl has {} characters but the checkpoint's vocab_size is {nano_vocab}; is it the meta.pkl of this model's dataset?", itos.len())));

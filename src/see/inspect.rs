@@ -74,6 +74,8 @@ pub struct TrainingSummary {
     pub last_val_loss: Option<f64>,
     pub elapsed_s: f64,
     pub data: PathBuf,
+    /// `char` or `bpe-N`: what one token is.
+    pub tokenizer: String,
 }
 
 /// The whole `inspect` report; `--json` prints it as is.
@@ -227,6 +229,7 @@ pub fn report(
         tokens_seen: s.tokens_seen,
         best_val_loss: s.best_val_loss,
         last_val_loss: s.last_val_loss,
+        tokenizer: s.tokenizer.label(),
         elapsed_s: s.elapsed_s,
         data: s.data.root.clone(),
     });
@@ -434,18 +437,20 @@ fn render_flops(s: &mut String, r: &Report) {
 
 /// Where the checkpoint's training stands.
 fn render_training(s: &mut String, t: &TrainingSummary) {
-    let _ = writeln!(s, "\ntraining ({})", t.checkpoint.display());
+    let _ = writeln!(s, "
+training ({})", t.checkpoint.display());
     let _ = writeln!(
         s,
-        "  step {} of {}, {} tokens seen, {:.1} s of training, data {}",
+        "  step {} of {}, {} tokens ({}) seen, {:.1} s of training, data {}",
         t.step,
         t.max_steps,
         thousands(t.tokens_seen as i64),
+        t.tokenizer,
         t.elapsed_s,
         t.data.display()
     );
     let loss = |v: Option<f64>| match v {
-        Some(v) => format!("{v:.4} nats ({:.3} bits/char)", nats_to_bits(v)),
+        Some(v) => format!("{v:.4} nats/token ({:.3} bits/token)", nats_to_bits(v)),
         None => "not evaluated yet".to_string(),
     };
     let _ = writeln!(s, "  best val loss {}", loss(t.best_val_loss));
