@@ -274,12 +274,17 @@ fn store_text(s: &str) -> Result<CString> {
         .map_err(|_| Error::Distributed(format!("store key or value {s:?} contains a NUL byte")))
 }
 
-/// The message of the last failed call on this thread, on one line.
+/// The message of the last failed call on this thread, on one line, without the
+/// `[path/to/source.cc:123] ` that gloo puts in front.
 fn last_error(api: &Api) -> String {
     // SAFETY: a NUL-terminated thread-local string owned by the C side, copied at once.
     let msg = unsafe { CStr::from_ptr((api.last_error)()) }
         .to_string_lossy()
         .into_owned();
+    let msg = match msg.split_once("] ") {
+        Some((place, rest)) if place.starts_with('[') && place.contains(".cc:") => rest,
+        _ => &msg,
+    };
     msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

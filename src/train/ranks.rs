@@ -338,7 +338,10 @@ impl Ranks {
 
 /// Why joining failed, with the flag or variable to fix.
 fn joining_failed(env: &RankEnv, err: Error) -> Error {
-    let cause = err.to_string();
+    let cause = match &err {
+        Error::Distributed(m) => m.clone(),
+        other => other.to_string(),
+    };
     let at = format!("{}:{}", env.master_addr, env.master_port);
     let hint = if cause.contains("already in use") || cause.contains("cannot be listened on") {
         return err;
@@ -353,7 +356,7 @@ fn joining_failed(env: &RankEnv, err: Error) -> Error {
             env.rank, env.world_size
         )
     };
-    Error::Distributed(format!("{hint} ({cause})"))
+    Error::Distributed(format!("{hint} (c10d: {cause})"))
 }
 
 /// Whether process `pid` on this machine has ended (gone, or a zombie not yet reaped).
