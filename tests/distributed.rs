@@ -207,7 +207,10 @@ fn a_killed_rank_stops_the_others_naming_it_and_the_checkpoint_resumes() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     let step = saved["step"].as_u64().unwrap();
-    assert!(step >= 5 && step % 5 == 0, "checkpoint at step {step}");
+    assert!(
+        step >= 5 && step.is_multiple_of(5),
+        "checkpoint at step {step}"
+    );
     let to = (step + 2).to_string();
     let o = sympathy()
         .args([

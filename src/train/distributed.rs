@@ -16,6 +16,7 @@
 
 use crate::{Error, Result};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::mem::transmute;
 use std::net::TcpListener;
 use std::os::fd::IntoRawFd;
 use std::sync::OnceLock;
@@ -50,15 +51,23 @@ pub struct Rendezvous {
 
 type Group = c_void;
 
+/// A collective on one tensor (allreduce with an op, broadcast with a root).
+type CollectiveFn = unsafe extern "C" fn(*mut Group, *mut c_void, c_int) -> c_int;
+type BarrierFn = unsafe extern "C" fn(*mut Group) -> c_int;
+type StoreSetFn = unsafe extern "C" fn(*mut Group, *const c_char, *const c_char) -> c_int;
+type StoreGetFn = unsafe extern "C" fn(*mut Group, *const c_char, *mut c_char, i64) -> i64;
+type LastErrorFn = unsafe extern "C" fn() -> *const c_char;
+type FreeFn = unsafe extern "C" fn(*mut Group);
+
 /// One backend's C functions (same names in both libraries, see `csrc/c10d_ops.h`).
 struct Api {
-    allreduce: unsafe extern "C" fn(*mut Group, *mut c_void, c_int) -> c_int,
-    broadcast: unsafe extern "C" fn(*mut Group, *mut c_void, c_int) -> c_int,
-    barrier: unsafe extern "C" fn(*mut Group) -> c_int,
-    store_set: unsafe extern "C" fn(*mut Group, *const c_char, *const c_char) -> c_int,
-    store_get: unsafe extern "C" fn(*mut Group, *const c_char, *mut c_char, i64) -> i64,
-    last_error: unsafe extern "C" fn() -> *const c_char,
-    free: unsafe extern "C" fn(*mut Group),
+    allreduce: CollectiveFn,
+    broadcast: CollectiveFn,
+    barrier: BarrierFn,
+    store_set: StoreSetFn,
+    store_get: StoreGetFn,
+    last_error: LastErrorFn,
+    free: FreeFn,
 }
 
 type NewGroup = unsafe extern "C" fn(
@@ -325,15 +334,15 @@ fn load_nccl() -> std::result::Result<(NewGroup, Api), String> {
     // csrc/c10d_nccl.cpp with exactly the signature it is cast to.
     unsafe {
         Ok((
-            std::mem::transmute::<*mut c_void, NewGroup>(sym("sympathy_c10d_new_nccl")?),
+            transmute::<*mut c_void, NewGroup>(sym("sympathy_c10d_new_nccl")?),
             Api {
-                allreduce: std::mem::transmute(sym("sympathy_c10d_allreduce")?),
-                broadcast: std::mem::transmute(sym("sympathy_c10d_broadcast")?),
-                barrier: std::mem::transmute(sym("sympathy_c10d_barrier")?),
-                store_set: std::mem::transmute(sym("sympathy_c10d_store_set")?),
-                store_get: std::mem::transmute(sym("sympathy_c10d_store_get")?),
-                last_error: std::mem::transmute(sym("sympathy_c10d_last_error")?),
-                free: std::mem::transmute(sym("sympathy_c10d_free")?),
+                allreduce: transmute::<*mut c_void, CollectiveFn>(sym("sympathy_c10d_allreduce")?),
+                broadcast: transmute::<*mut c_void, CollectiveFn>(sym("sympathy_c10d_broadcast")?),
+                barrier: transmute::<*mut c_void, BarrierFn>(sym("sympathy_c10d_barrier")?),
+                store_set: transmute::<*mut c_void, StoreSetFn>(sym("sympathy_c10d_store_set")?),
+                store_get: transmute::<*mut c_void, StoreGetFn>(sym("sympathy_c10d_store_get")?),
+                last_error: transmute::<*mut c_void, LastErrorFn>(sym("sympathy_c10d_last_error")?),
+                free: transmute::<*mut c_void, FreeFn>(sym("sympathy_c10d_free")?),
             },
         ))
     }
