@@ -202,9 +202,7 @@ impl<'a> Run<'a> {
         } else {
             State::new(cfg.clone(), tcfg.clone(), tokenizer, data)
         };
-        let optimizer_state = trainer.opt.state_tensors();
-        let moments = optimizer_state.iter().map(|(_, t)| t);
-        ranks.copy_from_writer(std::iter::once(trainer.params.values()).chain(moments))?;
+        start_from_writers_state(&mut ranks, &trainer)?;
         let bar = progress_bar(opts.quiet || !ranks.is_writer(), tcfg.max_steps, state.step);
         let tokens_per_step = (tcfg.batch_size * cfg.block_size * tcfg.grad_accum) as u64;
         let say = |line: String| {
@@ -503,6 +501,18 @@ impl<'a> Run<'a> {
             cause: self.cause,
         })
     }
+}
+
+/// Every rank takes rank 0's weights and AdamW moments, so that all start alike (its
+/// step count is a number on the host, the same on every rank that read the same
+/// checkpoint).
+fn start_from_writers_state(ranks: &mut Ranks, trainer: &Trainer) -> Result<()> {
+    let optimizer_state = trainer.opt.state_tensors();
+    let moments = optimizer_state
+        .iter()
+        .filter(|(name, _)| name != "step")
+        .map(|(_, t)| t);
+    ranks.copy_from_writer(std::iter::once(trainer.params.values()).chain(moments))
 }
 
 /// Validates both configs and returns the tokenizer, whose vocabulary must be the model's.
