@@ -333,3 +333,49 @@ fn torchrun_starts_the_ranks_of_the_same_run() {
     );
     assert_same_losses(&losses(&run), &losses(&r.run));
 }
+
+/// Ctrl-C reaches every process of the terminal's group: the ranks vote, stop after the
+/// same step, rank 0 saves, and the launch exits with 130 like a single process.
+#[test]
+fn ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint() {
+    use std::os::unix::process::CommandExt;
+    let r = reference();
+    let run = r.dir.join("interrupted");
+    let mut cmd = train_command(
+        &r.corpus,
+        &run,
+        &[
+            "--nproc",
+            "2",
+            "--max-steps",
+            "100000",
+            "--eval-every",
+            "100000",
+        ],
+    );
+    // A process group of its own, as a terminal gives a foreground job.
+    let mut launch = cmd.process_group(0).stderr(Stdio::piped()).spawn().unwrap();
+    let metrics = run.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no steps after 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on the process group the child leads; no memory involved.
+    let rc = unsafe { libc::kill(-(launch.id() as i32), libc::SIGINT) };
+    assert_eq!(rc, 0);
+    let o = launch.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let state = std::fs::read_to_string(run.join("ckpt-latest/state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let logged = std::fs::read_to_string(&metrics).unwrap().lines().count() as u64;
+    assert_eq!(
+        state["step"].as_u64(),
+        Some(logged),
+        "checkpoint at the last logged step"
+    );
+    assert!(stderr(&o).contains("stopped by SIGINT"), "{}", stderr(&o));
+}
