@@ -354,7 +354,7 @@ fn ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint() {
         ],
     );
     // A process group of its own, as a terminal gives a foreground job.
-    let mut launch = cmd.process_group(0).stderr(Stdio::piped()).spawn().unwrap();
+    let launch = cmd.process_group(0).stderr(Stdio::piped()).spawn().unwrap();
     let metrics = run.join("metrics.jsonl");
     let start = Instant::now();
     while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
