@@ -476,7 +476,8 @@ impl<'a> Run<'a> {
     /// The last checkpoint, and where the run stopped.
     fn finish(mut self) -> Result<TrainSummary> {
         let dir = self.save(LATEST)?;
-        self.ranks.wait_for_writer()?;
+        self.ranks
+            .check_same_as_writer(self.trainer.params.values())?;
         self.bar.finish_and_clear();
         let steps = self.state.step - self.first_step;
         if self.ranks.world_size() > 1 && self.ranks.is_writer() && steps > 0 {

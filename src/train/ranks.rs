@@ -11,7 +11,8 @@
 //!   `--max-minutes`) are combined in a second, tiny allreduce, so every rank makes the
 //!   same decisions.
 //! - Rank 0 broadcasts its weights and optimizer state once at the start; it alone
-//!   evaluates, logs and writes checkpoints, while the others wait at a barrier.
+//!   evaluates, logs and writes checkpoints, while the others wait at a barrier. At the
+//!   end, every rank checks that its weights are still rank 0's, bit for bit.
 //!
 //! A checkpoint holds nothing that depends on N, so a run resumed with another N
 //! continues the same run (up to float rounding). The environment is torchrun's
@@ -294,6 +295,26 @@ impl Ranks {
         let sums = Vec::<f64>::try_from(&t.to_kind(Kind::Double).to(Device::Cpu))?;
         let any = |i: usize| sums[i] > 0.0;
         Ok((sums[0] / self.world_size as f64, [any(1), any(2), any(3)]))
+    }
+
+    /// Checks that every rank holds rank 0's `values` bit for bit: the ranks take the
+    /// same steps on the same averaged gradients, so any difference is a bug. One
+    /// broadcast, at the end of a session.
+    pub fn check_same_as_writer(&mut self, values: &Tensor) -> Result<()> {
+        let Some(group) = self.group.as_mut() else {
+            return Ok(());
+        };
+        let mut writers = values.copy();
+        let result = group.broadcast(&mut writers, 0);
+        result.map_err(|e| self.explain("comparing the weights with rank 0's", e))?;
+        if !writers.equal(values) {
+            let diff = (&writers - values).abs().max().double_value(&[]);
+            return Err(Error::Distributed(format!(
+                "rank {}'s weights differ from rank 0's by up to {diff:.3e}; the ranks drifted apart, please report this",
+                self.rank
+            )));
+        }
+        Ok(())
     }
 
     /// Everyone waits here until rank 0 has evaluated or written a checkpoint.
