@@ -36,6 +36,11 @@ pub enum Error {
     #[error("{path}: cannot draw the picture: {message}")]
     Plot { path: PathBuf, message: String },
 
+    /// Data-parallel training: a rank that cannot join, a peer that is gone, a
+    /// collective that failed (the message says which rank and what to do).
+    #[error("distributed training: {0}")]
+    Distributed(String),
+
     /// An error from libtorch itself (shape mismatch, out of memory, …).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -4,7 +4,9 @@
 use super::{override_fields, warn_if_no_fonts};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::Duration;
 use sympathy::config::{ModelConfig, Preset, Schedule, TrainConfig};
 use sympathy::data;
 use sympathy::model::bits_per_byte;
@@ -13,7 +15,9 @@ use sympathy::run::lock::RunLock;
 use sympathy::runtime::device::DeviceChoice;
 use sympathy::see::plot;
 use sympathy::tokenizer::{Bpe, Tokenizer};
-use sympathy::train::{self, StopCause, StopFlags, TrainOptions};
+use sympathy::train::ranks::{self, RankEnv};
+use sympathy::train::{self, launch, StopCause, StopFlags, TrainOptions};
+use tch::Device;
 
 #[derive(Args)]
 pub(crate) struct TrainArgs {
@@ -39,6 +43,14 @@ pub(crate) struct TrainArgs {
     /// on a machine busy with other work (1 = libtorch's intra-op threads alone).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// Data-parallel ranks on this machine, one process each, meeting through libtorch's
+    /// c10d (Gloo on the CPU, NCCL on GPUs), as `torchrun --nproc-per-node N` would start
+    /// them; torchrun itself works too (see docs/distributed.md).
+    #[arg(long)]
+    nproc: Option<usize>,
+    /// Seconds the ranks wait for each other: to meet, and in every collective.
+    #[arg(long, default_value_t = 300)]
+    dist_timeout: u64,
     #[command(flatten)]
     tokenizer: TokenizerFlags,
     #[command(flatten)]
@@ -130,8 +142,10 @@ pub(crate) struct TrainFlags {
 
 pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     let device = args.device.resolve()?;
+    let rank_env = RankEnv::from_env(Duration::from_secs(args.dist_timeout))?;
+    let writer = rank_env.as_ref().is_none_or(|r| r.rank == 0);
     let (mut model, mut tcfg, saved) = if args.resume {
-        if args.out.is_dir() {
+        if args.out.is_dir() && writer && args.nproc.is_none_or(|n| n == 1) {
             // A folder another process is training into says so first, before its
             // half-written state does; training takes the lock again for itself.
             drop(RunLock::acquire(&args.out)?);
@@ -187,6 +201,22 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     }
     tcfg.stop_at_step = args.train.stop_at_step;
     let (saved_data, saved_tokenizer) = saved.unzip();
+    if let Some(nproc) = args.nproc {
+        if nproc == 0 {
+            bail!("--nproc: must be at least 1");
+        }
+        if rank_env.is_some() {
+            bail!("--nproc: this process is already a rank of a launched run (WORLD_SIZE is set); drop --nproc");
+        }
+        if nproc > 1 {
+            ranks::check_divides(tcfg.batch_size, nproc)?;
+            return Ok(launch::launch(nproc, &args_without_nproc())?);
+        }
+    }
+    let device = match (&rank_env, device) {
+        (Some(r), Device::Cuda(_)) => Device::Cuda(r.local_rank),
+        _ => device,
+    };
     let (data, ext) = match (args.data, saved_data) {
         (Some(d), _) => (d, args.ext),
         (None, Some(saved)) => (saved.root, saved.ext),
@@ -208,6 +238,7 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
         resume: args.resume,
         workers: args.workers,
         quiet: false,
+        ranks: rank_env,
     };
 
     let flags = StopFlags::default();
@@ -222,6 +253,9 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     }
 
     let summary = train::train(&opts, &flags)?;
+    if !writer {
+        return Ok(exit_code(summary.cause));
+    }
     // The loss curves are a bonus: a run that trained must not fail for a picture.
     let png = args.out.join("loss.png");
     warn_if_no_fonts();
@@ -246,29 +280,50 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
         summary.checkpoint.display()
     );
     let resume = format!("sympathy train --resume --out {}", args.out.display());
-    Ok(match summary.cause {
-        StopCause::MaxSteps | StopCause::MaxMinutes => 0,
-        StopCause::StopAtStep => {
-            eprintln!(
-                "stopped at step {} as --stop-at-step asked; continue with: {resume}",
-                summary.step
-            );
-            0
-        }
+    let code = exit_code(summary.cause);
+    match summary.cause {
+        StopCause::MaxSteps | StopCause::MaxMinutes => {}
+        StopCause::StopAtStep => eprintln!(
+            "stopped at step {} as --stop-at-step asked; continue with: {resume}",
+            summary.step
+        ),
         cause => {
-            let (signal, code) = if cause == StopCause::Interrupted {
-                ("SIGINT", 130)
+            let signal = if cause == StopCause::Interrupted {
+                "SIGINT"
             } else {
-                ("SIGTERM", 143)
+                "SIGTERM"
             };
             eprintln!(
                 "stopped by {signal} after step {}, checkpoint saved in {}; resume with: {resume}",
                 summary.step,
                 summary.checkpoint.display()
             );
-            code
         }
-    })
+    }
+    Ok(code)
+}
+
+/// The exit code for why training stopped: 0, or 128 + the signal that stopped it.
+fn exit_code(cause: StopCause) -> i32 {
+    match cause {
+        StopCause::MaxSteps | StopCause::MaxMinutes | StopCause::StopAtStep => 0,
+        StopCause::Interrupted => 130,
+        StopCause::Terminated => 143,
+    }
+}
+
+/// This command line without `--nproc N` (or `--nproc=N`): what each rank runs.
+fn args_without_nproc() -> Vec<OsString> {
+    let mut out = vec![];
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--nproc" {
+            args.next();
+        } else if !arg.to_string_lossy().starts_with("--nproc=") {
+            out.push(arg);
+        }
+    }
+    out
 }
 
 /// With --resume, a model flag (or a --preset) may repeat the saved value but not

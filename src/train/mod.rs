@@ -5,14 +5,17 @@
 //! ```text
 //! let mut run = Run::open(opts)?;
 //! while run.should_continue(stop) {
-//!     let (loss, grad_norm) = run.forward_backward();
+//!     let (loss, grad_norm) = run.forward_backward()?;
 //!     run.update(loss, grad_norm)?;
 //!     run.evaluate_and_checkpoint(loss, grad_norm)?;
 //! }
 //! run.finish()
 //! ```
 //!
-//! The step's parts are shared with `bench train` ([`step::Trainer`]).
+//! The step's parts are shared with `bench train` ([`step::Trainer`]). With several
+//! processes ([`ranks`]), the run meets the other ranks at named points: it takes its
+//! rows of each batch, averages the gradients, agrees on the loss and on stopping, and
+//! waits while rank 0 evaluates and writes checkpoints.
 //!
 //! A run is a pure function of its configs and seed. Batches depend only on
 //! (seed, step) (see [`Batches::get`]), libtorch's generator (dropout) is reseeded from
@@ -20,17 +23,20 @@
 //! checkpoint repeats, bit for bit on the CPU, what the uninterrupted run would do.
 
 pub mod data_parallel;
+pub mod distributed;
 pub mod eval;
 pub mod fused_adamw;
+pub mod launch;
 pub mod optim;
 pub mod params;
+pub mod ranks;
 pub mod step;
 
 use crate::config::{ModelConfig, Schedule, TrainConfig};
 use crate::data::{Batches, TokenStreams};
 use crate::model::bits_per_byte;
 use crate::model::flops;
-use crate::run::checkpoint::{self, DataSpec, State, BEST, LATEST};
+use crate::run::checkpoint::{self, DataSpec, OptimizerState, State, BEST, LATEST};
 use crate::run::lock::RunLock;
 use crate::run::metrics::{MetricsWriter, Record};
 use crate::runtime::device::Dtype;
@@ -40,6 +46,7 @@ use crate::{Error, Result, Step};
 pub use eval::evaluate;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use optim::LrSchedule;
+use ranks::{RankEnv, Ranks};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -65,6 +72,8 @@ pub struct TrainOptions {
     pub workers: usize,
     /// No progress bar and no log lines (tests).
     pub quiet: bool,
+    /// This process's place among the ranks of a data-parallel run (`None`: alone).
+    pub ranks: Option<RankEnv>,
 }
 
 /// Set from the signal handlers: finish the step, checkpoint, stop.
@@ -108,7 +117,7 @@ pub fn train(opts: &TrainOptions, stop: &StopFlags) -> Result<TrainSummary> {
         Opened::AlreadyDone(summary) => return Ok(summary),
     };
     while run.should_continue(stop) {
-        let (loss, grad_norm) = run.forward_backward();
+        let (loss, grad_norm) = run.forward_backward()?;
         run.update(loss, grad_norm)?;
         run.evaluate_and_checkpoint(loss, grad_norm)?;
     }
@@ -141,16 +150,25 @@ struct Run<'a> {
     metrics: MetricsWriter,
     bar: ProgressBar,
     session_start: Instant,
-    /// Training time of earlier sessions of this run.
+    /// Training time of earlier sessions of this run, and the step this session began at.
     elapsed_before: f64,
+    first_step: Step,
     step_start: Instant,
     lr: f64,
     nonfinite_in_a_row: u64,
     last_loss: Option<f64>,
     tokens_per_s: f64,
     cause: StopCause,
-    /// This process is the run folder's one writer while the run lives.
-    _writer: RunLock,
+    /// The other processes of a data-parallel run, if any.
+    ranks: Ranks,
+    /// This rank's stop requests (interrupt, terminate, out of time) before this step,
+    /// and what all ranks agreed on after the last one.
+    local_stop: [bool; 3],
+    agreed_stop: [bool; 3],
+    /// Rank 0's training time after the last step (see [`Run::schedule_clock`]).
+    agreed_seconds: f64,
+    /// Rank 0 is the run folder's one writer while the run lives.
+    _writer: Option<RunLock>,
 }
 
 impl<'a> Run<'a> {
@@ -159,13 +177,15 @@ impl<'a> Run<'a> {
     fn open(opts: &'a TrainOptions) -> Result<Opened<'a>> {
         let (cfg, tcfg) = (&opts.model, &opts.train);
         let tokenizer = check_configs(opts)?;
-        let writer = check_run_folder(opts)?;
-        let streams = TokenStreams::load_or_build(
-            &opts.data,
-            &opts.ext,
-            &tokenizer,
-            &opts.out.join("tokens"),
-        )?;
+        if let Some(env) = &opts.ranks {
+            ranks::check_divides(tcfg.batch_size, env.world_size)?;
+        }
+        let mut ranks = Ranks::join(opts.ranks.as_ref(), opts.device)?;
+        let writer = check_run_folder(opts, ranks.is_writer())?;
+        // Rank 0 builds the token cache; the others then read it.
+        let streams = ranks.writer_first(|| {
+            TokenStreams::load_or_build(&opts.data, &opts.ext, &tokenizer, &opts.out.join("tokens"))
+        })?;
         streams.check_fits(cfg.block_size)?;
         let batches = |tokens| {
             Batches::new(
@@ -191,34 +211,37 @@ impl<'a> Run<'a> {
         } else {
             State::new(cfg.clone(), tcfg.clone(), tokenizer, data)
         };
-        let bar = progress_bar(opts.quiet, tcfg.max_steps, state.step);
+        start_from_writers_state(&mut ranks, &trainer)?;
+        let bar = progress_bar(opts.quiet || !ranks.is_writer(), tcfg.max_steps, state.step);
         let tokens_per_step = (tcfg.batch_size * cfg.block_size * tcfg.grad_accum) as u64;
-        log_line(&bar, streams.report.summary());
-        log_line(
-            &bar,
-            format!(
-                "model: {} parameters ({:.2}M), {} layers, {} heads, n_embd {}, context {}; {} tokens/step on {:?}",
-                trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device
-            ),
-        );
+        let say = |line: String| {
+            if ranks.is_writer() {
+                log_line(&bar, line)
+            }
+        };
+        say(streams.report.summary());
+        say(format!(
+            "model: {} parameters ({:.2}M), {} layers, {} heads, n_embd {}, context {}; {} tokens/step on {:?}{}",
+            trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device, ranks.describe()
+        ));
         if state.step >= tcfg.max_steps || LrSchedule::new(tcfg).out_of_time(state.elapsed_s) {
             let bpt = streams.report.val_bytes_per_token();
             return already_done(opts, &bar, &state, bpt).map(Opened::AlreadyDone);
         }
-        // MFU needs this machine's peak: a ~0.2 s matmul probe (see `runtime::matmul_peak`).
+        // MFU needs this machine's peak: a ~0.2 s matmul probe (see `runtime::matmul_peak`),
+        // times the number of ranks, which each measure their own share of the machine.
         let flops_per_token = flops::flops_per_token(cfg);
-        let peak_gflops = quick_peak(opts.device, Dtype::Fp32);
-        log_line(
-            &bar,
-            format!(
-                "{:.1} MFLOP/token; matmul peak {peak_gflops:.0} GFLOP/s with {} threads (MFU is against it)",
-                flops_per_token / 1e6,
-                tch::get_num_threads()
-            ),
-        );
+        let peak_gflops = quick_peak(opts.device, Dtype::Fp32) * ranks.world_size() as f64;
+        say(format!(
+            "{:.1} MFLOP/token; matmul peak {peak_gflops:.0} GFLOP/s with {} threads{} (MFU is against it)",
+            flops_per_token / 1e6,
+            tch::get_num_threads(),
+            if ranks.world_size() > 1 { " per rank, all ranks together" } else { "" }
+        ));
         Ok(Opened::Ready(Box::new(Run {
             metrics: MetricsWriter::append(&opts.out.join("metrics.jsonl"))?,
             elapsed_before: state.elapsed_s,
+            first_step: state.step,
             schedule: LrSchedule::new(tcfg),
             session_start: Instant::now(),
             step_start: Instant::now(),
@@ -228,6 +251,10 @@ impl<'a> Run<'a> {
             tokens_per_s: 0.0,
             cause: StopCause::MaxSteps,
             _writer: writer,
+            ranks,
+            local_stop: [false; 3],
+            agreed_stop: [false; 3],
+            agreed_seconds: state.elapsed_s,
             opts,
             trainer,
             state,
@@ -245,20 +272,32 @@ impl<'a> Run<'a> {
 
     /// Whether to take another step: not at `max_steps`, no stop flag raised, not at
     /// `--stop-at-step`, within `--max-minutes`. Records why not.
+    /// With several ranks, the stop requests are the ones all ranks agreed on after the
+    /// last step (see [`Ranks::agree`]), so that they all stop at the same step.
     fn should_continue(&mut self, stop: &StopFlags) -> bool {
         let tcfg = &self.opts.train;
         let step = self.state.step;
         let out_of_time = match tcfg.schedule {
-            Schedule::Budget => self.schedule.out_of_time(self.training_seconds()),
+            Schedule::Budget => self.schedule.out_of_time(self.schedule_clock()),
             Schedule::Cosine => tcfg
                 .max_minutes
                 .is_some_and(|m| self.session_start.elapsed().as_secs_f64() >= m * 60.0),
         };
+        self.local_stop = [
+            stop.interrupt.load(Ordering::SeqCst),
+            stop.terminate.load(Ordering::SeqCst),
+            out_of_time,
+        ];
+        let [interrupt, terminate, out_of_time] = if self.ranks.world_size() > 1 {
+            self.agreed_stop
+        } else {
+            self.local_stop
+        };
         let cause = if step >= tcfg.max_steps {
             StopCause::MaxSteps
-        } else if stop.interrupt.load(Ordering::SeqCst) {
+        } else if interrupt {
             StopCause::Interrupted
-        } else if stop.terminate.load(Ordering::SeqCst) {
+        } else if terminate {
             StopCause::Terminated
         } else if tcfg.stop_at_step.is_some_and(|s| step >= s) {
             StopCause::StopAtStep
@@ -272,21 +311,37 @@ impl<'a> Run<'a> {
     }
 
     /// Forward and backward over the micro-batches of this step (gradients add up in
-    /// `.grad`); returns the mean loss and the global gradient norm.
-    fn forward_backward(&mut self) -> (f64, f64) {
+    /// `.grad`); returns the mean loss and the global gradient norm. With several ranks,
+    /// each takes its rows of every micro-batch, then the gradients are averaged and the
+    /// losses and stop requests combined.
+    fn forward_backward(&mut self) -> Result<(f64, f64)> {
         self.step_start = Instant::now();
         let tcfg = &self.opts.train;
         let step = self.state.step;
-        self.lr = self.schedule.at(step, self.training_seconds());
+        self.lr = self.schedule.at(step, self.schedule_clock());
         // Dropout draws from libtorch's generator: seeded per step, so a resumed run
-        // draws what the uninterrupted one would.
-        tch::manual_seed((tcfg.seed as i64).wrapping_add(step as i64 + 1));
+        // draws what the uninterrupted one would (and each rank draws its own masks).
+        let rank = (self.ranks.rank() as i64) << 32;
+        tch::manual_seed(
+            (tcfg.seed as i64)
+                .wrapping_add(step as i64 + 1)
+                .wrapping_add(rank),
+        );
         let mut loss_sum = Tensor::zeros([], (Kind::Float, self.opts.device));
         for micro in 0..tcfg.grad_accum as u64 {
             let (x, y) = self.train_batches.get(step, micro); // (B, T), (B, T)
+            let (x, y) = self.ranks.my_rows(&x, &y); // (B/N, T), (B/N, T)
             loss_sum += self.trainer.forward_backward(&x, &y, tcfg.grad_accum).loss;
         }
-        (loss_sum.double_value(&[]), self.trainer.grad_norm())
+        self.ranks.average_gradients(self.trainer.params.grads())?;
+        let (loss, agreed, seconds) = self.ranks.agree(
+            loss_sum.double_value(&[]),
+            self.local_stop,
+            self.training_seconds(),
+        )?;
+        self.agreed_stop = agreed;
+        self.agreed_seconds = seconds;
+        Ok((loss, self.trainer.grad_norm()))
     }
 
     /// Clip and AdamW when the loss and gradient are finite; otherwise skip the update
@@ -313,13 +368,15 @@ impl<'a> Run<'a> {
         } else {
             self.state.nonfinite_skipped += 1;
             self.nonfinite_in_a_row += 1;
-            log_line(
-                &self.bar,
-                format!(
-                    "step {}: loss {loss} / grad norm {grad_norm} is not finite; update skipped",
-                    self.state.step
-                ),
-            );
+            if self.ranks.is_writer() {
+                log_line(
+                    &self.bar,
+                    format!(
+                        "step {}: loss {loss} / grad norm {grad_norm} is not finite; update skipped",
+                        self.state.step
+                    ),
+                );
+            }
         }
         self.trainer.zero_grad();
         self.tokens_per_s = self.tokens_per_step as f64 / self.step_start.elapsed().as_secs_f64();
@@ -332,17 +389,25 @@ impl<'a> Run<'a> {
     fn evaluate_and_checkpoint(&mut self, loss: f64, grad_norm: f64) -> Result<()> {
         let tcfg = &self.opts.train;
         let is_last = self.state.step == tcfg.max_steps;
-        let val_loss = if self.state.step.is_multiple_of(tcfg.eval_every) || is_last {
+        let due_eval = self.state.step.is_multiple_of(tcfg.eval_every) || is_last;
+        let due_save = self.state.step.is_multiple_of(tcfg.checkpoint_every) && !is_last;
+        let writer = self.ranks.is_writer();
+        let val_loss = if due_eval && writer {
             Some(self.evaluate(loss)?)
         } else {
             None
         };
-        self.log(loss, grad_norm, val_loss)?;
+        if writer {
+            self.log(loss, grad_norm, val_loss)?;
+        }
         if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW {
             return Err(self.diverged()?);
         }
-        if self.state.step.is_multiple_of(tcfg.checkpoint_every) && !is_last {
+        if due_save {
             self.save(LATEST)?;
+        }
+        if due_eval || due_save {
+            self.ranks.wait_for_writer()?; // the other ranks wait while rank 0 works
         }
         Ok(())
     }
@@ -416,11 +481,25 @@ impl<'a> Run<'a> {
         )))
     }
 
-    /// Writes checkpoint `name` of the run folder with the training time so far.
+    /// Writes checkpoint `name` of the run folder with the training time so far (rank 0
+    /// only; the others return its path).
     fn save(&mut self, name: &str) -> Result<PathBuf> {
+        if !self.ranks.is_writer() {
+            return Ok(self.opts.out.join(name));
+        }
         self.update_elapsed();
         let t = &self.trainer;
         checkpoint::save_atomically(&self.opts.out, name, &t.vs, &t.opt, &self.state)
+    }
+
+    /// The training time the schedule reads: this process's clock, or with several
+    /// ranks rank 0's as of the last step, so that every rank computes the same rate.
+    fn schedule_clock(&self) -> f64 {
+        if self.ranks.world_size() > 1 {
+            self.agreed_seconds
+        } else {
+            self.training_seconds()
+        }
     }
 
     /// Training time of the whole run so far, this session included.
@@ -435,7 +514,21 @@ impl<'a> Run<'a> {
     /// The last checkpoint, and where the run stopped.
     fn finish(mut self) -> Result<TrainSummary> {
         let dir = self.save(LATEST)?;
+        self.ranks
+            .check_same_as_writer(self.trainer.params.values())?;
         self.bar.finish_and_clear();
+        let steps = self.state.step - self.first_step;
+        if self.ranks.world_size() > 1 && self.ranks.is_writer() && steps > 0 {
+            log_line(
+                &self.bar,
+                format!(
+                    "{} ranks; averaging the gradients took {:.2} ms per step ({:.1}% of the training time)",
+                    self.ranks.world_size(),
+                    self.ranks.allreduce_ms / steps as f64,
+                    self.ranks.allreduce_ms / 10.0 / self.session_start.elapsed().as_secs_f64()
+                ),
+            );
+        }
         Ok(TrainSummary {
             step: self.state.step,
             tokens_seen: self.state.tokens_seen,
@@ -448,6 +541,18 @@ impl<'a> Run<'a> {
             cause: self.cause,
         })
     }
+}
+
+/// Every rank takes rank 0's weights and AdamW moments, so that all start alike (its
+/// step count is a number on the host, the same on every rank that read the same
+/// checkpoint).
+fn start_from_writers_state(ranks: &mut Ranks, trainer: &Trainer) -> Result<()> {
+    let optimizer_state = trainer.opt.state_tensors();
+    let moments = optimizer_state
+        .iter()
+        .filter(|(name, _)| name != "step")
+        .map(|(_, t)| t);
+    ranks.copy_from_writer(std::iter::once(trainer.params.values()).chain(moments))
 }
 
 /// Validates both configs and returns the tokenizer, whose vocabulary must be the model's.
@@ -469,13 +574,14 @@ fn check_configs(opts: &TrainOptions) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// Creates the run folder and takes it for this process (one writer at a time); a
-/// checkpoint in it needs `--resume`, and `--resume` needs one.
-fn check_run_folder(opts: &TrainOptions) -> Result<RunLock> {
+/// Creates the run folder and takes it for this process when it is the `writer` (one
+/// at a time; rank 0 of several); a checkpoint in it needs `--resume`, and `--resume`
+/// needs one.
+fn check_run_folder(opts: &TrainOptions, writer: bool) -> Result<Option<RunLock>> {
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-    let lock = RunLock::acquire(&opts.out)?;
+    let lock = writer.then(|| RunLock::acquire(&opts.out)).transpose()?;
     let has_checkpoint = checkpoint::resolve(&opts.out).is_ok();
-    if has_checkpoint && !opts.resume {
+    if has_checkpoint && !opts.resume && writer {
         return Err(Error::config(
             "--out",
             format!("{} already holds a checkpoint; pass --resume to continue it, or choose another --out", opts.out.display()),
