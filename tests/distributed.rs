@@ -379,3 +379,43 @@ fn ctrl_c_stops_every_rank_after_the_same_step_with_a_checkpoint() {
     );
     assert!(stderr(&o).contains("stopped by SIGINT"), "{}", stderr(&o));
 }
+
+/// A time budget is read from one clock: every rank takes rank 0's training time as of
+/// the last step, so they compute the same learning rate even though their own clocks
+/// differ. Reference: the end-of-session check that each rank's weights are rank 0's
+/// bit for bit (a rank on its own clock would fail it), and the budget's decay ending
+/// below the peak.
+#[test]
+fn a_time_budget_keeps_the_ranks_identical() {
+    let r = reference();
+    let run = r.dir.join("budget");
+    let o = train(
+        &r.corpus,
+        &run,
+        &[
+            "--nproc",
+            "2",
+            "--max-steps",
+            "100000",
+            "--max-minutes",
+            "0.15",
+            "--lr",
+            "1e-2",
+            "--eval-every",
+            "100000",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records = sympathy::run::metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let last = records.last().unwrap();
+    assert!(
+        last.step < 100_000,
+        "stopped by the budget at step {}",
+        last.step
+    );
+    assert!(
+        last.lr < 1e-2,
+        "decayed before the deadline: lr {}",
+        last.lr
+    );
+}
