@@ -67,8 +67,13 @@ pub struct TrainConfig {
     pub grad_accum: i64,
     pub max_steps: u64,
     /// Wall-clock budget; training stops (and checkpoints) at whichever of this and
-    /// `max_steps` comes first.
+    /// `max_steps` comes first. With [`Schedule::Budget`] it counts the run's whole
+    /// training time across resumes, and the decay is planned to end there.
     pub max_minutes: Option<f64>,
+    /// How the learning rate leaves its peak (cosine for runs saved before there was a
+    /// choice).
+    #[serde(default)]
+    pub schedule: Schedule,
     /// Peak learning rate, reached at the end of warmup.
     pub lr: f64,
     /// The cosine schedule decays to this (10 % of the peak by default).
@@ -90,6 +95,20 @@ pub struct TrainConfig {
     /// session, so it is never saved and a resumed run does not inherit it.
     #[serde(skip)]
     pub stop_at_step: Option<u64>,
+}
+
+/// The shape of the learning rate after warmup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Cosine decay to `min_lr` at `max_steps`: a pure function of the step, so a run
+    /// is exactly reproducible.
+    #[default]
+    Cosine,
+    /// Warmup, a stable phase at the peak, and a linear decay over the last part of the
+    /// run, whose end is `max_steps` or the `max_minutes` deadline, whichever the run
+    /// reaches first: a run cut by time still ends annealed, on any machine.
+    Budget,
 }
 
 /// Named defaults. `tiny` is for tests, `small` is the CPU default of `make demo`,
@@ -129,6 +148,7 @@ impl Preset {
             grad_accum: 1,
             max_steps: 1000,
             max_minutes: None,
+            schedule: Schedule::Cosine,
             lr: 1e-3,
             min_lr: 1e-4,
             warmup_steps: 100,
@@ -156,7 +176,8 @@ impl Preset {
             // About 10M training tokens (≈11 minutes on 2 idle CPU cores). Measured: after
             // 8.2M tokens (4000 steps, val 1.121) greedy decoding of `[x**2 for x in `
             // still chose `x` (p 0.191) just over `r` (p 0.178), so the demo trains longer. The time
-            // limit keeps `make demo` within its budget on a slower machine.
+            // limit keeps `make demo` within its budget on a slower machine, and the budget
+            // schedule anneals the model before that limit, wherever the run stops.
             Preset::Small => TrainConfig {
                 batch_size: 16,
                 max_steps: 5000,
@@ -166,6 +187,7 @@ impl Preset {
                 eval_every: 500,
                 checkpoint_every: 500,
                 max_minutes: Some(14.0),
+                schedule: Schedule::Budget,
                 ..base
             },
             Preset::Large => TrainConfig {

@@ -6,11 +6,14 @@
 //!    position in one long stream) keeps a file's text out of both sets, so validation
 //!    loss measures generalisation to unseen files.
 //! 3. [`TokenStreams::load_or_build`] tokenises each split into one stream, `<eos>` after
-//!    each file, and caches it in the run folder keyed by a fingerprint of the files.
+//!    each file, and caches it in the run folder keyed by a fingerprint of the files
+//!    (`u16` per token on disk when the vocabulary fits, else `u32`). With
+//!    `--tokenizer bpe`, [`bpe_for_corpus`] first trains the tokenizer on the training
+//!    split (cached there too).
 //! 4. [`Batches`] cuts `B` random windows of `T + 1` tokens out of the stream with one
 //!    gather on the device: inputs are the first `T`, targets the last `T`.
 
-use crate::tokenizer::{Tokenizer, EOS};
+use crate::tokenizer::{Bpe, TokenId, Tokenizer};
 use crate::{Error, Result, Step};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -125,6 +128,9 @@ pub struct CorpusReport {
     pub val_files: usize,
     pub train_tokens: usize,
     pub val_tokens: usize,
+    /// UTF-8 bytes of the files, plus one per `<eos>`: the scale of bits per byte.
+    pub train_bytes: usize,
+    pub val_bytes: usize,
     /// Files with a NUL byte: not text.
     pub skipped_binary: usize,
     pub skipped_non_utf8: usize,
@@ -137,17 +143,30 @@ impl CorpusReport {
     pub fn summary(&self) -> String {
         let skipped = self.skipped_binary + self.skipped_non_utf8 + self.skipped_unreadable;
         format!(
-            "corpus {}: {} train files ({} tokens), {} val files ({} tokens); skipped {} (binary {}, non-UTF-8 {}, unreadable {}); {} chars outside the vocabulary → <unk>",
-            self.root.display(), self.train_files, self.train_tokens, self.val_files, self.val_tokens,
+            "corpus {}: {} train files ({} tokens, {:.2} bytes/token), {} val files ({} tokens); skipped {} (binary {}, non-UTF-8 {}, unreadable {}); {} chars outside the vocabulary → <unk>",
+            self.root.display(), self.train_files, self.train_tokens, self.train_bytes_per_token(), self.val_files, self.val_tokens,
             skipped, self.skipped_binary, self.skipped_non_utf8, self.skipped_unreadable, self.unknown_chars
         )
     }
 }
 
+impl CorpusReport {
+    /// Bytes per token of the training split (1 for ASCII text and the char tokenizer).
+    pub fn train_bytes_per_token(&self) -> f64 {
+        self.train_bytes as f64 / self.train_tokens.max(1) as f64
+    }
+
+    /// Bytes per token of the validation split: a loss in nats per token divided by
+    /// this is nats per byte, the scale on which tokenizers compare.
+    pub fn val_bytes_per_token(&self) -> f64 {
+        self.val_bytes as f64 / self.val_tokens.max(1) as f64
+    }
+}
+
 /// The tokenised train and validation splits.
 pub struct TokenStreams {
-    pub train: Vec<u16>,
-    pub val: Vec<u16>,
+    pub train: Vec<TokenId>,
+    pub val: Vec<TokenId>,
     pub report: CorpusReport,
 }
 
@@ -169,13 +188,14 @@ impl TokenStreams {
         let files = discover(root, ext)?;
         let fingerprint = fingerprint(&files, tokenizer);
         let manifest_path = cache_dir.join("manifest.json");
+        let width = TokenWidth::for_vocab(tokenizer.vocab_size())?;
+        let file = |split: &str| cache_dir.join(format!("{split}.{}", width.extension()));
         if let Ok(text) = fs::read_to_string(&manifest_path) {
             if let Ok(m) = serde_json::from_str::<CacheManifest>(&text) {
                 if m.fingerprint == fingerprint {
-                    if let (Ok(train), Ok(val)) = (
-                        read_u16(&cache_dir.join("train.u16")),
-                        read_u16(&cache_dir.join("val.u16")),
-                    ) {
+                    if let (Ok(train), Ok(val)) =
+                        (width.read(&file("train")), width.read(&file("val")))
+                    {
                         if train.len() == m.report.train_tokens && val.len() == m.report.val_tokens
                         {
                             return Ok(TokenStreams {
@@ -190,8 +210,8 @@ impl TokenStreams {
         }
         let streams = Self::build(root, &files, tokenizer)?;
         fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-        write_u16(&cache_dir.join("train.u16"), &streams.train)?;
-        write_u16(&cache_dir.join("val.u16"), &streams.val)?;
+        width.write(&file("train"), &streams.train)?;
+        width.write(&file("val"), &streams.val)?;
         let manifest = CacheManifest {
             fingerprint,
             report: streams.report.clone(),
@@ -211,37 +231,26 @@ impl TokenStreams {
         };
         let mut encode_all = |paths: &[PathBuf]| {
             let mut stream = Vec::new();
-            let mut used = 0;
-            for path in paths {
-                let bytes = match fs::read(path) {
-                    Ok(b) => b,
-                    Err(_) => {
-                        report.skipped_unreadable += 1;
-                        continue;
-                    }
-                };
-                if bytes.contains(&0) {
-                    report.skipped_binary += 1;
-                    continue;
-                }
-                let Ok(text) = String::from_utf8(bytes) else {
-                    report.skipped_non_utf8 += 1;
-                    continue;
-                };
+            let (mut used, mut bytes, mut unknown) = (0, 0, 0);
+            for text in read_texts(paths, &mut report) {
                 let encoded = tokenizer.encode(&text);
-                report.unknown_chars += encoded.unknown;
-                stream.extend(encoded.ids.iter().map(|&id| id as u16));
-                stream.push(EOS as u16);
+                unknown += encoded.unknown;
+                stream.extend_from_slice(&encoded.ids);
+                stream.push(tokenizer.eos());
                 used += 1;
+                bytes += text.len() + 1;
             }
-            (stream, used)
+            report.unknown_chars += unknown;
+            (stream, used, bytes)
         };
-        let (train, n_train) = encode_all(&train_files);
-        let (val, n_val) = encode_all(&val_files);
+        let (train, n_train, train_bytes) = encode_all(&train_files);
+        let (val, n_val, val_bytes) = encode_all(&val_files);
         report.train_files = n_train;
         report.val_files = n_val;
         report.train_tokens = train.len();
         report.val_tokens = val.len();
+        report.train_bytes = train_bytes;
+        report.val_bytes = val_bytes;
         if n_train == 0 || n_val == 0 {
             return Err(Error::corpus(
                 root,
@@ -293,8 +302,9 @@ fn fingerprint(files: &[PathBuf], tokenizer: &Tokenizer) -> String {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
-    feed(tokenizer.name().as_bytes());
-    feed(&tokenizer.vocab_size().to_le_bytes());
+    // The cache layout's version: a new one never reads an old manifest.
+    feed(b"tokens v2");
+    feed(&tokenizer.fingerprint_bytes());
     for f in files {
         feed(f.to_string_lossy().as_bytes());
         if let Ok(meta) = fs::metadata(f) {
@@ -309,21 +319,123 @@ fn fingerprint(files: &[PathBuf], tokenizer: &Tokenizer) -> String {
     format!("{h:016x}")
 }
 
-fn write_u16(path: &Path, tokens: &[u16]) -> Result<()> {
-    let mut bytes = Vec::with_capacity(tokens.len() * 2);
-    for t in tokens {
-        bytes.extend_from_slice(&t.to_le_bytes());
-    }
-    let mut f = fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(&bytes).map_err(|e| Error::io(path, e))
+/// The integer a token takes in the cache on disk: the narrowest that holds every id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenWidth {
+    U16,
+    U32,
 }
 
-fn read_u16(path: &Path) -> std::io::Result<Vec<u16>> {
-    let bytes = fs::read(path)?;
-    Ok(bytes
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect())
+impl TokenWidth {
+    /// u16 up to 65 536 ids, u32 beyond; more than u32 holds is an error on `--vocab-size`.
+    pub fn for_vocab(vocab_size: i64) -> Result<Self> {
+        if vocab_size <= 1 << 16 {
+            Ok(TokenWidth::U16)
+        } else if vocab_size <= 1 << 32 {
+            Ok(TokenWidth::U32)
+        } else {
+            Err(Error::config(
+                "--vocab-size",
+                format!(
+                    "{vocab_size} ids do not fit the token cache's 32-bit integers; use at most {}",
+                    1u64 << 32
+                ),
+            ))
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            TokenWidth::U16 => "u16",
+            TokenWidth::U32 => "u32",
+        }
+    }
+
+    /// Little-endian, one integer per token.
+    pub fn write(self, path: &Path, tokens: &[TokenId]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(tokens.len() * 4);
+        for &t in tokens {
+            match self {
+                TokenWidth::U16 => bytes.extend_from_slice(&(t as u16).to_le_bytes()),
+                TokenWidth::U32 => bytes.extend_from_slice(&t.to_le_bytes()),
+            }
+        }
+        let mut f = fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        f.write_all(&bytes).map_err(|e| Error::io(path, e))
+    }
+
+    pub fn read(self, path: &Path) -> std::io::Result<Vec<TokenId>> {
+        let bytes = fs::read(path)?;
+        Ok(match self {
+            TokenWidth::U16 => bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as TokenId)
+                .collect(),
+            TokenWidth::U32 => bytes
+                .chunks_exact(4)
+                .map(|c| TokenId::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        })
+    }
+}
+
+/// The text of each readable UTF-8 file of `paths`, in order; binary, non-UTF-8 and
+/// unreadable files are skipped and counted in `report`.
+fn read_texts<'a>(
+    paths: &'a [PathBuf],
+    report: &'a mut CorpusReport,
+) -> impl Iterator<Item = String> + 'a {
+    paths.iter().filter_map(|path| {
+        let Ok(bytes) = fs::read(path) else {
+            report.skipped_unreadable += 1;
+            return None;
+        };
+        if bytes.contains(&0) {
+            report.skipped_binary += 1;
+            return None;
+        }
+        let text = String::from_utf8(bytes).ok();
+        if text.is_none() {
+            report.skipped_non_utf8 += 1;
+        }
+        text
+    })
+}
+
+/// The texts of the training split of the `*.{ext}` files under `root`: what a BPE is
+/// trained on, so that validation files stay unseen by the tokenizer too.
+pub fn training_texts(root: &Path, ext: &str) -> Result<Vec<String>> {
+    let files = discover(root, ext)?;
+    let (train, _) = split_by_file(root, &files)?;
+    let texts: Vec<String> = read_texts(&train, &mut CorpusReport::default()).collect();
+    if texts.is_empty() {
+        return Err(Error::corpus(
+            root,
+            "no readable UTF-8 file in the training split; add source files",
+        ));
+    }
+    Ok(texts)
+}
+
+/// A BPE of `vocab_size` ids for the corpus: read from `cache_dir/bpe-N.json` when it
+/// was trained on the same files (paths, sizes, modification times), else trained on
+/// the training split and written there.
+pub fn bpe_for_corpus(root: &Path, ext: &str, vocab_size: i64, cache_dir: &Path) -> Result<Bpe> {
+    crate::tokenizer::bpe::check_vocab_size(vocab_size)?;
+    let files = discover(root, ext)?;
+    let source = fingerprint(&files, &Tokenizer::default());
+    let json = cache_dir.join(format!("bpe-{vocab_size}.json"));
+    let stamp = cache_dir.join(format!("bpe-{vocab_size}.source"));
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == source) {
+        if let Ok(bpe) = Bpe::load(&json) {
+            return Ok(bpe);
+        }
+    }
+    let bpe = Bpe::train(&training_texts(root, ext)?, vocab_size)?;
+    fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+    bpe.save(&json)?;
+    fs::write(&stamp, source).map_err(|e| Error::io(&stamp, e))?;
+    Ok(bpe)
 }
 
 /// Random training windows, and fixed evaluation windows, cut from one token stream
@@ -338,7 +450,7 @@ pub struct Batches {
 
 impl Batches {
     pub fn new(
-        stream: &[u16],
+        stream: &[TokenId],
         block_size: i64,
         batch_size: i64,
         seed: u64,

@@ -11,6 +11,7 @@ use cli::generate::{cmd_eval, cmd_generate, EvalArgs, GenerateArgs};
 use cli::inspect::{cmd_explain, cmd_inspect, cmd_plot, ExplainArgs, InspectArgs, PlotArgs};
 use cli::interop::{cmd_export, cmd_import, ExportArgs, ImportArgs};
 use cli::serve::{cmd_serve, ServeArgs};
+use cli::tokenizer::{cmd_tokenize, cmd_tokenizer, TokenizeArgs, TokenizerCmd};
 use cli::train::{cmd_train, TrainArgs};
 
 #[derive(Parser)]
@@ -33,7 +34,7 @@ enum Command {
     /// Complete a prompt (--prompt), or read prompts interactively from stdin.
     #[command(allow_negative_numbers = true)]
     Generate(GenerateArgs),
-    /// Mean validation loss of a checkpoint, in nats and bits per character.
+    /// Mean validation loss of a checkpoint, in nats per token and bits per byte.
     #[command(allow_negative_numbers = true)]
     Eval(EvalArgs),
     /// Convert a nanoGPT checkpoint into a sympathy run folder.
@@ -48,6 +49,11 @@ enum Command {
     Plot(PlotArgs),
     /// An OpenAI-compatible HTTP server with streaming, logprobs and continuous batching.
     Serve(ServeArgs),
+    /// Train a byte-level BPE tokenizer on a corpus.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCmd),
+    /// Show text split into tokens (a checkpoint's or a tokenizer file's), or their ids.
+    Tokenize(TokenizeArgs),
     /// Measure this machine: matmul peak, training throughput and MFU, generation speed.
     #[command(subcommand)]
     Bench(Bench),
@@ -110,6 +116,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Explain(args) => cmd_explain(args).map(|_| 0),
         Command::Plot(args) => cmd_plot(args).map(|_| 0),
         Command::Serve(args) => cmd_serve(args).map(|_| 0),
+        Command::Tokenizer(cmd) => cmd_tokenizer(cmd).map(|_| 0),
+        Command::Tokenize(args) => cmd_tokenize(args).map(|_| 0),
         Command::Bench(Bench::Matmul(args)) => cmd_bench_matmul(args).map(|_| 0),
         Command::Bench(Bench::Train(args)) => cmd_bench_train(args).map(|_| 0),
         Command::Bench(Bench::Generate(args)) => cmd_bench_generate(args).map(|_| 0),

@@ -148,7 +148,7 @@ fn ten_adamw_steps_match_pytorch() {
     assert_eq!(steps.len(), 10);
     let (mut worst_loss, mut clipped) = (0.0f64, 0);
     for (step, want) in steps.iter().enumerate() {
-        let lr = schedule.at(step as u64);
+        let lr = schedule.at(step as u64, 0.0);
         assert!(
             (lr - want["lr"].as_f64().unwrap()).abs() < 1e-12,
             "lr of step {step}"

@@ -251,6 +251,63 @@ fn stop_and_resume_is_bit_identical_to_a_straight_run() {
     assert_eq!(latest_weights(&run), before);
 }
 
+/// `--max-minutes` plans the decay to end at the deadline: a run cut by time (long
+/// before `--max-steps`) holds the peak, then decays linearly to `--min-lr` at the
+/// deadline, and a resume of it has nothing left to do. Reference: the schedule's
+/// definition (peak until 70 % of the budget, then a straight line to the floor) applied
+/// to the clock that metrics.jsonl records. Each rate was computed between the line
+/// before it and its own line, so it lies between the schedule at those two times:
+/// the check holds however fast or loaded the machine is.
+#[test]
+fn a_run_cut_by_its_time_budget_ends_annealed() {
+    let f = fixture();
+    let run = scratch("budget").join("run");
+    let o = tiny_cmd(
+        &f.corpus,
+        &run,
+        &[
+            "--max-steps",
+            "1000000",
+            "--max-minutes",
+            "0.2",
+            "--lr",
+            "1e-2",
+            "--min-lr",
+            "1e-4",
+            "--eval-every",
+            "1000000",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (budget, max, min) = (12.0, 1e-2, 1e-4);
+    let by_time = |t: f64| min + ((1.0 - t / budget) / 0.3).clamp(0.0, 1.0) * (max - min);
+    let records = metrics::read(&run.join("metrics.jsonl")).unwrap();
+    let last = records.last().unwrap();
+    assert!(
+        last.step < 1_000_000,
+        "stopped by time, at step {}",
+        last.step
+    );
+    let warmup = 5; // the tiny preset's
+    assert!(records.len() > warmup + 2, "{} steps", records.len());
+    for pair in records[warmup..].windows(2) {
+        let (before, this) = (&pair[0], &pair[1]);
+        let (high, low) = (by_time(before.elapsed_s), by_time(this.elapsed_s));
+        assert!(
+            this.lr <= high * (1.0 + 1e-9) && this.lr >= low * (1.0 - 1e-9),
+            "step {}: lr {} outside [{low}, {high}]",
+            this.step,
+            this.lr
+        );
+    }
+    assert!(last.lr < max, "the decay began before the deadline");
+    let o = resume(&run, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing to do"), "{}", stderr(&o));
+}
+
 #[test]
 fn best_checkpoint_holds_the_lowest_validation_loss() {
     let f = fixture();

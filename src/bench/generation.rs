@@ -15,7 +15,7 @@
 
 use crate::infer::generate::{generate, GenerateConfig};
 use crate::model::Gpt;
-use crate::tokenizer::{Tokenizer, EOS};
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use serde::Serialize;
 
@@ -60,7 +60,7 @@ pub fn bench_generate(
             format!("needs positive token counts, like 64,256,1024; got {lengths:?}"),
         ));
     }
-    let prompt = [EOS];
+    let prompt = [tokenizer.eos()];
     let run = |tokens: usize, use_cache: bool| -> Result<f64> {
         let cfg = GenerateConfig {
             max_tokens: tokens,

@@ -66,6 +66,7 @@ pub fn bench_serve(
     if bench.clients.is_empty()
         || bench.clients.contains(&0)
         || bench.requests == 0
+        || bench.repeats == 0
         || bench.max_tokens == 0
     {
         return Err(Error::config(
@@ -107,28 +108,38 @@ pub fn bench_serve(
         let addr = addr_rx
             .await
             .map_err(|_| Error::config("bench serve", "the server did not start"))?;
-        // A warm-up request: the first allocations and kernel choices are not timed.
-        round(addr, bench, 1, 1).await?;
-        // The client counts take turns, `repeats` times over, so that a slow spell of
-        // a shared machine hits them alike; each keeps its fastest round.
-        let mut best: Vec<Option<ServeRound>> = vec![None; bench.clients.len()];
-        for _ in 0..bench.repeats {
-            for (slot, &n) in best.iter_mut().zip(&bench.clients) {
-                let r = round(addr, bench, n, bench.requests * max_clients / n).await?;
-                on_round(&r);
-                if slot
-                    .as_ref()
-                    .is_none_or(|b| r.decode_tokens_per_s > b.decode_tokens_per_s)
-                {
-                    *slot = Some(r);
-                }
-            }
-        }
-        let rounds = best.into_iter().flatten().collect();
+        let rounds = measure(addr, bench, max_clients, &mut on_round).await;
         let _ = stop_tx.send(());
         let _ = server.await;
-        Ok(rounds)
+        rounds
     })
+}
+
+/// The warm-up, then every client count `repeats` times, taking turns.
+async fn measure(
+    addr: SocketAddr,
+    bench: &ServeBench,
+    max_clients: usize,
+    on_round: &mut impl FnMut(&ServeRound),
+) -> Result<Vec<ServeRound>> {
+    // A warm-up request: the first allocations and kernel choices are not timed.
+    round(addr, bench, 1, 1).await?;
+    // The client counts take turns, `repeats` times over, so that a slow spell of
+    // a shared machine hits them alike; each keeps its fastest round.
+    let mut best: Vec<Option<ServeRound>> = vec![None; bench.clients.len()];
+    for _ in 0..bench.repeats {
+        for (slot, &n) in best.iter_mut().zip(&bench.clients) {
+            let r = round(addr, bench, n, bench.requests * max_clients / n).await?;
+            on_round(&r);
+            if slot
+                .as_ref()
+                .is_none_or(|b| r.decode_tokens_per_s > b.decode_tokens_per_s)
+            {
+                *slot = Some(r);
+            }
+        }
+    }
+    Ok(best.into_iter().flatten().collect())
 }
 
 /// `n` clients, each sending `requests` requests in turn.

@@ -7,11 +7,12 @@ use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use sympathy::data::{self, Batches, TokenStreams};
-use sympathy::infer::generate::{self, GenerateConfig};
+use sympathy::infer::generate::{self, Completion, GenerateConfig};
 use sympathy::infer::sampling::SamplingConfig;
-use sympathy::model::nats_to_bits;
+use sympathy::model::{bits_per_byte, nats_to_bits};
 use sympathy::run::checkpoint;
 use sympathy::runtime::device::DeviceChoice;
+use sympathy::tokenizer::Tokenizer;
 use sympathy::train;
 
 #[derive(Args)]
@@ -122,43 +123,58 @@ pub(crate) fn cmd_generate(args: GenerateArgs) -> Result<()> {
                 }
             },
         )?;
-        for c in &completions {
-            if args.json {
-                writeln!(stdout, "{}", serde_json::to_string(c)?)?;
-            } else if stream {
-                writeln!(stdout)?;
-            } else {
-                // Several completions finish together; each gets a header line.
-                let reason = serde_json::to_value(c.stop_reason)?;
-                writeln!(
-                    stdout,
-                    "--- sample {}/{n} (seed {}, {} tokens, {}) ---\n{}",
-                    c.sample + 1,
-                    c.seed,
-                    c.tokens_generated,
-                    reason.as_str().unwrap_or_default(),
-                    c.text
-                )?;
-            }
-        }
-        Ok(())
+        print_completions(&mut stdout, &completions, args.json, stream)
     };
     if let Some(prompt) = &args.prompt {
         return complete(prompt);
     }
+    repl(complete)
+}
+
+/// Reads prompts from stdin, one a line, until an empty line or Ctrl-D.
+fn repl(mut complete: impl FnMut(&str) -> Result<()>) -> Result<()> {
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
         eprint!("? ");
         line.clear();
         if stdin.lock().read_line(&mut line)? == 0 {
-            break; // Ctrl-D
+            return Ok(()); // Ctrl-D
         }
         let prompt = line.trim_end_matches(['\n', '\r']);
         if prompt.is_empty() {
-            break;
+            return Ok(());
         }
         complete(prompt)?;
+    }
+}
+
+/// Prints finished completions: JSON lines, the streamed text's final newline, or one
+/// block per sample with a header when several finish together.
+fn print_completions(
+    out: &mut impl Write,
+    completions: &[Completion],
+    json: bool,
+    streamed: bool,
+) -> Result<()> {
+    let n = completions.len();
+    for c in completions {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(c)?)?;
+        } else if streamed {
+            writeln!(out)?;
+        } else {
+            let reason = serde_json::to_value(c.stop_reason)?;
+            writeln!(
+                out,
+                "--- sample {}/{n} (seed {}, {} tokens, {}) ---\n{}",
+                c.sample + 1,
+                c.seed,
+                c.tokens_generated,
+                reason.as_str().unwrap_or_default(),
+                c.text
+            )?;
+        }
     }
     Ok(())
 }
@@ -189,16 +205,23 @@ pub(crate) fn cmd_eval(args: EvalArgs) -> Result<()> {
     )?;
     let starts = batches.eval_starts(args.windows);
     let loss = train::evaluate(&loaded.model, &batches, &starts);
-    let bits = nats_to_bits(loss);
+    let bytes_per_token = streams.report.val_bytes_per_token();
+    let bpb = bits_per_byte(loss, bytes_per_token);
     if args.json {
-        let report = serde_json::json!({
-            "checkpoint": loaded.dir, "step": state.step, "val_loss": loss, "bits_per_char": bits,
+        let mut report = serde_json::json!({
+            "checkpoint": loaded.dir, "step": state.step, "val_loss": loss, "bits_per_byte": bpb,
+            "bytes_per_token": bytes_per_token, "tokenizer": state.tokenizer.label(),
             "windows": starts.len(), "tokens": starts.len() as i64 * state.model.block_size, "data": root,
         });
+        if let Tokenizer::Char { .. } = state.tokenizer {
+            // A char token is one character: bits per token are bits per character.
+            report["bits_per_char"] = nats_to_bits(loss).into();
+        }
         println!("{report}");
     } else {
         println!(
-            "val loss {loss:.4} nats/char, {bits:.4} bits/char ({} windows of {} chars, step {})",
+            "val loss {loss:.4} nats/token, {bpb:.4} bits/byte ({} tokenizer, {bytes_per_token:.2} bytes/token; {} windows of {} tokens, step {})",
+            state.tokenizer.label(),
             starts.len(),
             state.model.block_size,
             state.step

@@ -65,6 +65,10 @@ pub(crate) struct PlotArgs {
     /// The PNG to write [default: RUN_DIR/loss.png for one run, loss.png for several].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The lower chart's x axis: bytes seen (compares tokenizers), tokens seen, or
+    /// training time (compares runs of equal wall-clock budget).
+    #[arg(long, value_enum, default_value = "bytes")]
+    by: plot::XAxis,
 }
 
 pub(crate) fn cmd_inspect(args: InspectArgs) -> Result<()> {
@@ -201,7 +205,7 @@ pub(crate) fn cmd_plot(args: PlotArgs) -> Result<()> {
         (None, _) => PathBuf::from("loss.png"),
     };
     warn_if_no_fonts();
-    plot::plot_runs(&args.runs, &out)?;
+    plot::plot_runs(&args.runs, &out, args.by)?;
     println!("{}", out.display());
     Ok(())
 }

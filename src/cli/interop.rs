@@ -88,8 +88,13 @@ pub(crate) fn cmd_import(args: ImportArgs) -> Result<()> {
 pub(crate) fn cmd_export(args: ExportArgs) -> Result<()> {
     let ExportTo::SafetensorsHf = args.to;
     let n = interop::export_hf(&args.checkpoint, &args.out_dir)?;
+    let tokenizer = if args.out_dir.join("tokenizer.json").is_file() {
+        ", tokenizer.json, tokenizer_config.json"
+    } else {
+        ""
+    };
     eprintln!(
-        "wrote {n} tensors to {} (model.safetensors, config.json) for GPT2LMHeadModel",
+        "wrote {n} tensors to {} (model.safetensors, config.json{tokenizer}) for GPT2LMHeadModel",
         args.out_dir.display()
     );
     Ok(())

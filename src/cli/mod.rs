@@ -11,6 +11,7 @@ pub mod generate;
 pub mod inspect;
 pub mod interop;
 pub mod serve;
+pub mod tokenizer;
 pub mod train;
 
 /// Applies `Some` overrides to a config, naming each field once.

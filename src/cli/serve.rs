@@ -76,7 +76,7 @@ pub(crate) fn cmd_serve(args: ServeArgs) -> Result<()> {
             threads: args.threads,
         },
         timeout: Duration::from_secs(args.timeout_s),
-        run_dir: args.run,
+        run_dir: args.run.or_else(|| run_folder(&loaded.dir)),
         model_id: model_id(&args.checkpoint),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -87,6 +87,16 @@ pub(crate) fn cmd_serve(args: ServeArgs) -> Result<()> {
     }))?;
     eprintln!("sympathy serve: stopped");
     Ok(())
+}
+
+/// The run folder a checkpoint folder belongs to: its parent, when that holds the
+/// run's `metrics.jsonl`.
+fn run_folder(checkpoint_dir: &std::path::Path) -> Option<PathBuf> {
+    let parent = checkpoint_dir.parent()?;
+    parent
+        .join("metrics.jsonl")
+        .is_file()
+        .then(|| parent.to_path_buf())
 }
 
 /// The model's name in the API: the folder name given to --checkpoint.

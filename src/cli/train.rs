@@ -5,14 +5,14 @@ use super::{override_fields, warn_if_no_fonts};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use sympathy::config::{ModelConfig, Preset, TrainConfig};
+use sympathy::config::{ModelConfig, Preset, Schedule, TrainConfig};
 use sympathy::data;
-use sympathy::model::nats_to_bits;
+use sympathy::model::bits_per_byte;
 use sympathy::run::checkpoint;
 use sympathy::run::lock::RunLock;
 use sympathy::runtime::device::DeviceChoice;
 use sympathy::see::plot;
-use sympathy::tokenizer::Tokenizer;
+use sympathy::tokenizer::{Bpe, Tokenizer};
 use sympathy::train::{self, StopCause, StopFlags, TrainOptions};
 
 #[derive(Args)]
@@ -39,6 +39,8 @@ pub(crate) struct TrainArgs {
     /// on a machine busy with other work (1 = libtorch's intra-op threads alone).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    #[command(flatten)]
+    tokenizer: TokenizerFlags,
     #[command(flatten)]
     model: ModelFlags,
     #[command(flatten)]
@@ -88,9 +90,15 @@ impl ShapeFlags {
 pub(crate) struct TrainFlags {
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Stop after this many minutes of training (a checkpoint is written).
+    /// Stop after this many minutes of training (a checkpoint is written). On a new run
+    /// it also selects `--schedule budget`, whose decay ends at this deadline.
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// The learning rate after warmup: `cosine` to --max-steps (exactly reproducible), or
+    /// `budget`: stable, then a linear decay that ends at --max-steps or --max-minutes,
+    /// whichever comes first [default: budget with --max-minutes, else cosine]
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
     #[arg(long)]
     batch_size: Option<i64>,
     #[arg(long)]
@@ -122,7 +130,7 @@ pub(crate) struct TrainFlags {
 
 pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     let device = args.device.resolve()?;
-    let (mut model, mut tcfg, saved_data) = if args.resume {
+    let (mut model, mut tcfg, saved) = if args.resume {
         if args.out.is_dir() {
             // A folder another process is training into says so first, before its
             // half-written state does; training takes the lock again for itself.
@@ -131,9 +139,17 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
         let dir = checkpoint::resolve(&args.out)?;
         let state = checkpoint::read_state(&dir)?;
         check_resume_flags(&args, &state.model)?;
+        args.tokenizer.check_resume(&state.tokenizer)?;
         note_resume_changes(&args.train, &state.train);
-        (state.model, state.train, Some(state.data))
+        (
+            state.model,
+            state.train,
+            Some((state.data, state.tokenizer)),
+        )
     } else {
+        if checkpoint::resolve(&args.out).is_ok() {
+            bail!("--out: {} already holds a checkpoint; pass --resume to continue it, or choose another --out", args.out.display());
+        }
         let preset = args.preset.unwrap_or(Preset::Small);
         (
             preset.model(Tokenizer::default().vocab_size()),
@@ -162,19 +178,32 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     );
     if let Some(m) = args.train.max_minutes {
         tcfg.max_minutes = Some(m);
+        if !args.resume {
+            tcfg.schedule = Schedule::Budget;
+        }
+    }
+    if let Some(schedule) = args.train.schedule {
+        tcfg.schedule = schedule;
     }
     tcfg.stop_at_step = args.train.stop_at_step;
+    let (saved_data, saved_tokenizer) = saved.unzip();
     let (data, ext) = match (args.data, saved_data) {
         (Some(d), _) => (d, args.ext),
         (None, Some(saved)) => (saved.root, saved.ext),
         (None, None) => (data::default_corpus_dir()?, args.ext),
     };
+    let tokenizer = match saved_tokenizer {
+        Some(t) => t,
+        None => args.tokenizer.resolve(&data, &ext, &args.out)?,
+    };
+    model.vocab_size = tokenizer.vocab_size();
     let opts = TrainOptions {
         data,
         ext,
         out: args.out.clone(),
         model,
         train: tcfg,
+        tokenizer,
         device,
         resume: args.resume,
         workers: args.workers,
@@ -196,13 +225,18 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     // The loss curves are a bonus: a run that trained must not fail for a picture.
     let png = args.out.join("loss.png");
     warn_if_no_fonts();
-    match plot::plot_runs(std::slice::from_ref(&args.out), &png) {
+    match plot::plot_runs(std::slice::from_ref(&args.out), &png, plot::XAxis::Bytes) {
         Ok(()) => eprintln!("loss curves: {}", png.display()),
         Err(e) => eprintln!("warning: no loss curves: {e}"),
     }
     let val = summary
         .val_loss
-        .map(|v| format!("val loss {v:.4} ({:.3} bits/char)", nats_to_bits(v)))
+        .map(|v| {
+            format!(
+                "val loss {v:.4} nats/token ({:.3} bits/byte)",
+                bits_per_byte(v, summary.val_bytes_per_token)
+            )
+        })
         .unwrap_or_else(|| "no validation yet".into());
     eprintln!(
         "trained to step {} ({:.2}M tokens, {:.0} tok/s at the end), {val}; checkpoint {}",
@@ -310,4 +344,67 @@ fn differs<T: PartialEq + std::fmt::Display>(
     given
         .filter(|g| *g != saved)
         .map(|g| (flag, g.to_string(), saved.to_string()))
+}
+
+/// Which tokenizer a new run trains with.
+#[derive(Args)]
+pub(crate) struct TokenizerFlags {
+    /// `char` (one id per ASCII character), `bpe` (byte-level BPE, trained on the
+    /// training split first and cached in --out/tokens), or a tokenizer FILE.json
+    /// (from `sympathy tokenizer train`). With --resume, the checkpoint's.
+    #[arg(long, value_name = "char|bpe|FILE.json")]
+    tokenizer: Option<String>,
+    /// Vocabulary size of `--tokenizer bpe` (at least 258: 256 bytes + <eos> + <pad>).
+    #[arg(long)]
+    vocab_size: Option<i64>,
+}
+
+/// `--vocab-size` of `--tokenizer bpe` when none is given.
+pub(crate) const DEFAULT_BPE_VOCAB: i64 = 2048;
+
+impl TokenizerFlags {
+    /// The tokenizer of a new run: char, a BPE trained on the corpus (or its cached
+    /// copy), or the one in a file.
+    fn resolve(
+        &self,
+        data: &std::path::Path,
+        ext: &str,
+        out: &std::path::Path,
+    ) -> Result<Tokenizer> {
+        match (self.tokenizer.as_deref().unwrap_or("char"), self.vocab_size) {
+            ("char", None) => Ok(Tokenizer::default()),
+            ("char", Some(_)) => bail!("--vocab-size: the char tokenizer's vocabulary is fixed; use it with --tokenizer bpe"),
+            ("bpe", n) => {
+                let n = n.unwrap_or(DEFAULT_BPE_VOCAB);
+                let start = std::time::Instant::now();
+                let bpe = data::bpe_for_corpus(data, ext, n, &out.join("tokens"))?;
+                eprintln!("tokenizer: byte-level BPE of {n} ids, trained on the training split ({:.1} s; cached in {})", start.elapsed().as_secs_f64(), out.join("tokens").display());
+                Ok(Tokenizer::Bpe(bpe))
+            }
+            (file, n) => {
+                let path = std::path::Path::new(file);
+                if !path.is_file() {
+                    bail!("--tokenizer: {file} is neither char, bpe nor a tokenizer file; train one with `sympathy tokenizer train --out {file}`");
+                }
+                let bpe = Bpe::load(path)?;
+                if let Some(n) = n.filter(|&n| n != bpe.vocab_size()) {
+                    bail!("--vocab-size: {n} contradicts {file}, which has {} ids; drop --vocab-size", bpe.vocab_size());
+                }
+                Ok(Tokenizer::Bpe(bpe))
+            }
+        }
+    }
+
+    /// With --resume the tokenizer is the checkpoint's: a flag may repeat it, not change it.
+    fn check_resume(&self, saved: &Tokenizer) -> Result<()> {
+        let kind_differs = self
+            .tokenizer
+            .as_deref()
+            .is_some_and(|t| (t == "char" || t == "bpe") && t != saved.name());
+        let size_differs = self.vocab_size.is_some_and(|n| n != saved.vocab_size());
+        if kind_differs || size_differs {
+            bail!("--tokenizer: the checkpoint was trained with {}; drop --tokenizer and --vocab-size to resume", saved.label());
+        }
+        Ok(())
+    }
 }

@@ -23,7 +23,8 @@ use crate::infer::stop_strings::StopMatcher;
 use crate::model::kv_cache::KvCache;
 use crate::model::Gpt;
 use crate::runtime::torch_ext::InferenceMode;
-use crate::tokenizer::{TokenId, Tokenizer, EOS};
+use crate::tokenizer::stream::Utf8Stream;
+use crate::tokenizer::{TokenId, Tokenizer};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -113,7 +114,7 @@ pub fn prepare_prompt(tokenizer: &Tokenizer, prompt: &str, block_size: i64) -> P
     let mut ids = encoded.ids;
     if ids.is_empty() {
         notes.push("prompt: empty, starting from <eos> (a new file)".to_string());
-        ids.push(EOS);
+        ids.push(tokenizer.eos());
     }
     let max = block_size as usize;
     if ids.len() > max {
@@ -129,6 +130,8 @@ pub fn prepare_prompt(tokenizer: &Tokenizer, prompt: &str, block_size: i64) -> P
 /// One completion in the making.
 struct Row {
     sampler: Sampler,
+    /// Token bytes -> whole characters (a BPE token may end inside one).
+    utf8: Utf8Stream,
     stops: StopMatcher,
     /// Prompt and generated tokens: the repetition penalty's history and the source of
     /// the next window.
@@ -154,19 +157,20 @@ impl Row {
         }
         let next = if cfg.ignore_eos {
             let mut banned = logits.to_vec();
-            if let Some(l) = banned.get_mut(EOS as usize) {
+            if let Some(l) = banned.get_mut(tokenizer.eos() as usize) {
                 *l = f32::NEG_INFINITY;
             }
             self.sampler.sample(&banned, &self.context)
         } else {
             self.sampler.sample(logits, &self.context)
         };
-        if next == EOS {
+        if next == tokenizer.eos() {
             return Some(StopReason::Eos);
         }
         self.generated.push(next);
         self.context.push(next);
-        let (out, stopped) = self.stops.push(&tokenizer.decode(&[next]));
+        let piece = self.utf8.push(&tokenizer.token_bytes(next));
+        let (out, stopped) = self.stops.push(&piece);
         self.emit(&out, on_text);
         if stopped {
             Some(StopReason::StopString)
@@ -174,6 +178,18 @@ impl Row {
             Some(StopReason::MaxTokens) // no forward pass for a token nobody samples
         } else {
             None
+        }
+    }
+
+    /// At the end without a stop string: an unfinished character (U+FFFD) and the text
+    /// held back for a stop string that never completed.
+    fn flush(&mut self, on_text: &mut dyn FnMut(&str)) {
+        let tail = self.utf8.finish();
+        let (out, stopped) = self.stops.push(&tail);
+        self.emit(&out, on_text);
+        if !stopped {
+            let rest = self.stops.flush();
+            self.emit(&rest, on_text);
         }
     }
 
@@ -293,6 +309,7 @@ pub fn generate_batch(
     let mut rows: Vec<Row> = (0..n)
         .map(|i| Row {
             sampler: Sampler::new(cfg.sampling.clone(), cfg.seed.wrapping_add(i as u64)),
+            utf8: Utf8Stream::new(),
             stops: StopMatcher::new(&cfg.stop),
             context: prompt.to_vec(),
             generated: Vec::new(),
@@ -326,8 +343,7 @@ pub fn generate_batch(
             let mut emit = |s: &str| on_text(i, s);
             if let Some(reason) = row.step(&logits[j], cfg, tokenizer, &mut emit) {
                 if reason != StopReason::StopString {
-                    let rest = row.stops.flush();
-                    row.emit(&rest, &mut emit);
+                    row.flush(&mut emit);
                 }
                 row.done = Some((reason, decode_started.elapsed().as_secs_f64()));
             }
@@ -412,7 +428,7 @@ mod tests {
     fn prompt_preparation_reports_changes() {
         let t = Tokenizer::default();
         let p = prepare_prompt(&t, "", 8);
-        assert_eq!(p.ids, vec![EOS]);
+        assert_eq!(p.ids, vec![t.eos()]);
         let p = prepare_prompt(&t, "0123456789", 4);
         assert_eq!(t.decode(&p.ids), "6789");
         assert_eq!(p.notes.len(), 1);

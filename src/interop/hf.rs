@@ -1,5 +1,8 @@
 //! Exporting a sympathy checkpoint in the layout of Hugging Face's GPT-2
-//! (`GPT2LMHeadModel`): a `model.safetensors` and a `config.json`.
+//! (`GPT2LMHeadModel`): a `model.safetensors` and a `config.json`; for a BPE model also
+//! its `tokenizer.json` and the `tokenizer_config.json` that makes
+//! `AutoTokenizer.from_pretrained(dir)` a `PreTrainedTokenizerFast` with `<eos>` and
+//! `<pad>`, so model and tokenizer load from one folder.
 //!
 //! Hugging Face's GPT-2 computes its projections with `Conv1D`, `x @ W + b` with `W`
 //! stored (in, out): the transpose of a `Linear` weight. GPT-2 always has biases, so a
@@ -7,7 +10,8 @@
 
 use crate::config::ModelConfig;
 use crate::run::checkpoint;
-use crate::tokenizer::{EOS, PAD};
+use crate::tokenizer::bpe::{EOS_TOKEN, PAD_TOKEN, TOKENIZER_FILE};
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -15,7 +19,8 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Writes the checkpoint of `run_dir` as Hugging Face GPT-2 (`GPT2LMHeadModel`):
-/// `out_dir/model.safetensors` and `out_dir/config.json`. Returns the tensor count.
+/// `out_dir/model.safetensors` and `out_dir/config.json` (and the tokenizer files of a
+/// BPE model). Returns the tensor count.
 pub fn export_hf(run_dir: &Path, out_dir: &Path) -> Result<usize> {
     let loaded = checkpoint::load(run_dir, Device::Cpu)?;
     let cfg = &loaded.state.model;
@@ -50,7 +55,8 @@ pub fn export_hf(run_dir: &Path, out_dir: &Path) -> Result<usize> {
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let file = out_dir.join("model.safetensors");
     write_safetensors_pt(&out, &file)?;
-    let config = hf_config(cfg);
+    let config = hf_config(cfg, &loaded.state.tokenizer);
+    write_tokenizer(&loaded.state.tokenizer, cfg, out_dir)?;
     let config_path = out_dir.join("config.json");
     std::fs::write(
         &config_path,
@@ -62,7 +68,7 @@ pub fn export_hf(run_dir: &Path, out_dir: &Path) -> Result<usize> {
 
 /// `GPT2Config` for `cfg`. `"gelu"` is the exact erf GELU in Hugging Face (`"gelu_new"`
 /// would be GPT-2's tanh approximation); `n_inner: null` means 4·n_embd.
-pub fn hf_config(cfg: &ModelConfig) -> Value {
+pub fn hf_config(cfg: &ModelConfig, tokenizer: &Tokenizer) -> Value {
     json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -82,11 +88,35 @@ pub fn hf_config(cfg: &ModelConfig) -> Value {
         "scale_attn_by_inverse_layer_idx": false,
         "reorder_and_upcast_attn": false,
         "tie_word_embeddings": true,
-        "bos_token_id": EOS,
-        "eos_token_id": EOS,
-        "pad_token_id": PAD,
+        "bos_token_id": tokenizer.eos(),
+        "eos_token_id": tokenizer.eos(),
+        "pad_token_id": tokenizer.pad(),
         "use_cache": true,
     })
+}
+
+/// A BPE's `tokenizer.json` (its native file) and `tokenizer_config.json`. The char
+/// tokenizer has no Hugging Face counterpart: its ids are the ASCII codes.
+fn write_tokenizer(tokenizer: &Tokenizer, cfg: &ModelConfig, out_dir: &Path) -> Result<()> {
+    let Tokenizer::Bpe(bpe) = tokenizer else {
+        return Ok(());
+    };
+    bpe.save(&out_dir.join(TOKENIZER_FILE))?;
+    let config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": EOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": PAD_TOKEN,
+        "model_max_length": cfg.block_size,
+        "add_prefix_space": false,
+        "clean_up_tokenization_spaces": false,
+    });
+    let path = out_dir.join("tokenizer_config.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&config).expect("json") + "\n",
+    )
+    .map_err(|e| Error::io(&path, e))
 }
 
 /// safetensors with the `{"format": "pt"}` header metadata that Hugging Face's

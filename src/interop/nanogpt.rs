@@ -91,34 +91,73 @@ pub struct ImportReport {
 /// fresh AdamW moments (step 0) and a `state.json` with the `small` preset's training
 /// settings and no corpus (pass `--data` to train or evaluate it).
 pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> {
-    let info_path = converted.join("nanogpt.json");
-    let text = std::fs::read_to_string(&info_path).map_err(|e| {
-        Error::checkpoint(&info_path, format!("cannot read ({e}); give a nanoGPT ckpt.pt or a folder written by scripts/nanogpt_to_safetensors.py"))
+    let info = read_info(converted)?;
+    let (cfg, nano_vocab) = model_config(&info.model_args, &info.path)?;
+    cfg.validate()
+        .map_err(|e| Error::checkpoint(&info.path, format!("model_args: {e}")))?;
+    let rows = vocab_rows(info.itos.as_deref(), nano_vocab)?;
+
+    let file = converted.join("model.safetensors");
+    let tensors = read_weights(&file, &cfg, nano_vocab, &rows)?;
+    crate::memory::check_fits(&cfg, crate::memory::Use::Load, true)?;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = Gpt::new(&vs.root(), &cfg);
+    copy_into(&vs, tensors, &file, &cfg)?;
+    let checkpoint = write_run(run_dir, &vs, &cfg)?;
+    Ok(ImportReport {
+        checkpoint,
+        config: cfg,
+        unmapped_ids: CHAR_VOCAB_SIZE as usize - rows.len(),
+    })
+}
+
+/// What the converter wrote beside the weights in `nanogpt.json`.
+struct ConverterInfo {
+    path: PathBuf,
+    model_args: Map<String, Value>,
+    /// nanoGPT's `meta.pkl` vocabulary, when the run had one.
+    itos: Option<Vec<String>>,
+}
+
+fn read_info(converted: &Path) -> Result<ConverterInfo> {
+    let path = converted.join("nanogpt.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::checkpoint(&path, format!("cannot read ({e}); give a nanoGPT ckpt.pt or a folder written by scripts/nanogpt_to_safetensors.py"))
     })?;
     let info: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::checkpoint(&info_path, format!("is not valid JSON ({e})")))?;
-    let args = info
+        .map_err(|e| Error::checkpoint(&path, format!("is not valid JSON ({e})")))?;
+    let model_args = info
         .get("model_args")
         .and_then(Value::as_object)
+        .cloned()
         .ok_or_else(|| {
             Error::checkpoint(
-                &info_path,
+                &path,
                 "has no model_args; it was not written by the converter",
             )
         })?;
-    let itos: Option<Vec<String>> = match info.get("itos") {
+    let itos = match info.get("itos") {
         None | Some(Value::Null) => None,
         Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
-            Error::checkpoint(&info_path, format!("itos is not a list of strings ({e})"))
+            Error::checkpoint(&path, format!("itos is not a list of strings ({e})"))
         })?),
     };
-    let (cfg, nano_vocab) = model_config(args, &info_path)?;
-    cfg.validate()
-        .map_err(|e| Error::checkpoint(&info_path, format!("model_args: {e}")))?;
-    let rows = vocab_rows(itos.as_deref(), nano_vocab)?;
+    Ok(ConverterInfo {
+        path,
+        model_args,
+        itos,
+    })
+}
 
-    let file = converted.join("model.safetensors");
-    let mut tensors: HashMap<String, Tensor> = checkpoint::read_tensors(&file)?
+/// The converted weights under sympathy's names, with the embedding's rows moved to the
+/// char tokenizer's ids and the (tied) head dropped.
+fn read_weights(
+    file: &Path,
+    cfg: &ModelConfig,
+    nano_vocab: i64,
+    rows: &[(i64, i64)],
+) -> Result<HashMap<String, Tensor>> {
+    let mut tensors: HashMap<String, Tensor> = checkpoint::read_tensors(file)?
         .into_iter()
         .map(|(name, t)| (strip_prefixes(&name).to_string(), t))
         .collect();
@@ -126,13 +165,13 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
     tensors.retain(|name, _| !(name.starts_with("h.") && name.ends_with(".attn.bias")));
     let wte = tensors.remove("wte.weight").ok_or_else(|| {
         Error::checkpoint(
-            &file,
+            file,
             "has no transformer.wte.weight; is it a nanoGPT checkpoint?",
         )
     })?;
     if wte.size() != [nano_vocab, cfg.n_embd] {
         return Err(Error::checkpoint(
-            &file,
+            file,
             format!(
                 "transformer.wte.weight has shape {:?}, model_args imply [{nano_vocab}, {}]",
                 wte.size(),
@@ -143,7 +182,7 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
     if let Some(head) = tensors.remove("lm_head.weight") {
         if head.size() != wte.size() || !head.to_kind(Kind::Float).equal(&wte.to_kind(Kind::Float))
         {
-            return Err(Error::checkpoint(&file, "lm_head.weight differs from transformer.wte.weight: the head is untied, and sympathy's GPT ties it"));
+            return Err(Error::checkpoint(file, "lm_head.weight differs from transformer.wte.weight: the head is untied, and sympathy's GPT ties it"));
         }
     }
     // (V_nano, C) -> (131, C): row i moves to the ASCII code of itos[i].
@@ -156,15 +195,22 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
                 .index_select(0, &Tensor::from_slice(&from)),
         );
     tensors.insert("wte.weight".into(), remapped);
+    Ok(tensors)
+}
 
-    crate::memory::check_fits(&cfg, crate::memory::Use::Load, true)?;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let _model = Gpt::new(&vs.root(), &cfg);
+/// Copies every tensor into the model's variable of the same name; a missing, extra or
+/// misshapen tensor is named.
+fn copy_into(
+    vs: &nn::VarStore,
+    mut tensors: HashMap<String, Tensor>,
+    file: &Path,
+    cfg: &ModelConfig,
+) -> Result<()> {
     let mut vars = vs.variables();
     for (name, var) in vars.iter_mut() {
         let t = tensors.remove(name).ok_or_else(|| {
             Error::checkpoint(
-                &file,
+                file,
                 format!(
                     "has no transformer.{name}, which model_args (bias={}) need",
                     cfg.bias
@@ -173,7 +219,7 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
         })?;
         if t.size() != var.size() {
             return Err(Error::checkpoint(
-                &file,
+                file,
                 format!(
                     "transformer.{name} has shape {:?}, model_args imply {:?}",
                     t.size(),
@@ -184,9 +230,14 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
         tch::no_grad(|| var.copy_(&t.to_kind(Kind::Float)));
     }
     if let Some(name) = tensors.keys().min() {
-        return Err(Error::checkpoint(&file, format!("has transformer.{name}, which sympathy's GPT (nanoGPT's architecture, bias={}) does not have", cfg.bias)));
+        return Err(Error::checkpoint(file, format!("has transformer.{name}, which sympathy's GPT (nanoGPT's architecture, bias={}) does not have", cfg.bias)));
     }
+    Ok(())
+}
 
+/// Writes the imported weights as `run_dir/ckpt-latest`, refusing a folder that already
+/// holds a checkpoint.
+fn write_run(run_dir: &Path, vs: &nn::VarStore, cfg: &ModelConfig) -> Result<PathBuf> {
     if checkpoint::resolve(run_dir).is_ok() {
         return Err(Error::config(
             "--out",
@@ -198,7 +249,7 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
     }
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let train = Preset::Small.train();
-    let opt = AdamW::new(&FlatParams::new(&vs), &train); // zero moments, step 0
+    let opt = AdamW::new(&FlatParams::new(vs), &train); // zero moments, step 0
     let state = State::new(
         cfg.clone(),
         train,
@@ -209,12 +260,7 @@ pub fn import_nanogpt(converted: &Path, run_dir: &Path) -> Result<ImportReport> 
             ext: "txt".into(),
         },
     );
-    let checkpoint = checkpoint::save_atomically(run_dir, LATEST, &vs, &opt, &state)?;
-    Ok(ImportReport {
-        checkpoint,
-        config: cfg,
-        unmapped_ids: CHAR_VOCAB_SIZE as usize - rows.len(),
-    })
+    checkpoint::save_atomically(run_dir, LATEST, vs, &opt, &state)
 }
 
 fn strip_prefixes(name: &str) -> &str {
@@ -279,7 +325,7 @@ fn vocab_rows(itos: Option<&[String]>, nano_vocab: i64) -> Result<Vec<(i64, i64)
         if nano_vocab == CHAR_VOCAB_SIZE {
             return Ok((0..CHAR_VOCAB_SIZE).map(|i| (i, i)).collect()); // already sympathy's ids
         }
-        return Err(Error::config("--meta", format!("the checkpoint's vocab_size is {nano_vocab}, sympathy's char vocabulary has {CHAR_VOCAB_SIZE} ids; for a nanoGPT char model pass its data/NAME/meta.pkl (a GPT-2 BPE model cannot be imported: sympathy has no BPE tokenizer)")));
+        return Err(Error::config("--meta", format!("the checkpoint's vocab_size is {nano_vocab}, sympathy's char vocabulary has {CHAR_VOCAB_SIZE} ids; for a nanoGPT char model pass its data/NAME/meta.pkl (a GPT-2 BPE model cannot be imported: sympathy reads only its own byte-level BPE files, not GPT-2's vocabulary)")));
     };
     if itos.len() as i64 > nano_vocab {
         return Err(Error::config("--meta", format!("meta.pkl has {} characters but the checkpoint's vocab_size is {nano_vocab}; is it the meta.pkl of this model's dataset?", itos.len())));

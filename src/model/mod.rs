@@ -33,6 +33,13 @@ pub fn nats_to_bits(nats: f64) -> f64 {
     nats / std::f64::consts::LN_2
 }
 
+/// A loss in nats per token as bits per byte of text: total nats over the bytes they
+/// predicted, over ln 2. A char model and a BPE model compare on this scale, since a
+/// BPE token carries several bytes and so costs more nats than one character does.
+pub fn bits_per_byte(nats_per_token: f64, bytes_per_token: f64) -> f64 {
+    nats_to_bits(nats_per_token) / bytes_per_token
+}
+
 /// The standard deviation of every weight at initialisation (GPT-2, nanoGPT).
 pub const INIT_STD: f64 = 0.02;
 

@@ -10,6 +10,7 @@
 
 use crate::config::{ModelConfig, TrainConfig};
 use crate::model::Gpt;
+use crate::tokenizer::bpe::TOKENIZER_FILE;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, Step};
 use serde::{Deserialize, Serialize};
@@ -142,8 +143,36 @@ pub fn read_state(dir: &Path) -> Result<State> {
         }
         None => return Err(Error::checkpoint(&path, "has no format_version; it was not written by sympathy")),
     }
+    let value = with_tokenizer_file(dir, value)?;
     serde_json::from_value(value)
         .map_err(|e| Error::checkpoint(&path, format!("does not match the expected fields: {e}")))
+}
+
+/// A BPE's vocabulary lives beside `state.json` in `tokenizer.json`: read it into the
+/// state's `"tokenizer"` entry, where the tokenizer's deserialisation expects it.
+fn with_tokenizer_file(dir: &Path, mut value: serde_json::Value) -> Result<serde_json::Value> {
+    let Some(spec) = value.get_mut("tokenizer").and_then(|t| t.as_object_mut()) else {
+        return Ok(value);
+    };
+    if spec.get("kind").and_then(|k| k.as_str()) != Some("bpe") {
+        return Ok(value);
+    }
+    let name = spec
+        .get("file")
+        .and_then(|f| f.as_str())
+        .unwrap_or(TOKENIZER_FILE);
+    // Only a plain file name: state.json must not point outside its checkpoint.
+    let file = dir.join(Path::new(name).file_name().unwrap_or(name.as_ref()));
+    let text = fs::read_to_string(&file).map_err(|e| {
+        Error::checkpoint(
+            &file,
+            format!(
+                "cannot read the checkpoint's BPE tokenizer: {e}; the checkpoint is incomplete"
+            ),
+        )
+    })?;
+    spec.insert("json".into(), serde_json::Value::String(text));
+    Ok(value)
 }
 
 /// Reads `file` (safetensors) into the variables of `vs`, checking names and shapes first.
@@ -356,7 +385,13 @@ pub fn save_atomically(
         let json = serde_json::to_string_pretty(state).expect("state serialises");
         fs::write(tmp.join("state.json"), json)
             .map_err(|e| format!("cannot write state.json: {e}"))?;
-        for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        let mut files = vec!["model.safetensors", "optimizer.safetensors", "state.json"];
+        if let Tokenizer::Bpe(bpe) = &state.tokenizer {
+            fs::write(tmp.join(TOKENIZER_FILE), bpe.to_json())
+                .map_err(|e| format!("cannot write {TOKENIZER_FILE}: {e}"))?;
+            files.push(TOKENIZER_FILE);
+        }
+        for f in files {
             fsync(&tmp.join(f)).map_err(|e| format!("cannot flush {f} to disk: {e}"))?;
         }
         fsync(&tmp).map_err(|e| format!("cannot flush the folder: {e}"))

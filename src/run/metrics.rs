@@ -16,12 +16,18 @@ pub struct Record {
     pub loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_loss: Option<f64>,
+    /// The validation loss in bits per byte of text: comparable across tokenizers.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_bpb: Option<f64>,
     pub lr: f64,
     pub tokens_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub mfu: Option<f64>,
     pub elapsed_s: f64,
     pub tokens_seen: u64,
+    /// Bytes of training text seen: tokens seen × the training split's bytes per token.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bytes_seen: Option<u64>,
     pub grad_norm: Option<f64>,
 }
 
@@ -95,11 +101,13 @@ mod tests {
             step,
             loss: Some(1.0),
             val_loss: None,
+            val_bpb: None,
             lr: 1e-3,
             tokens_per_s: 1.0,
             mfu: None,
             elapsed_s: 0.0,
             tokens_seen: 0,
+            bytes_seen: None,
             grad_norm: Some(1.0),
         }
     }

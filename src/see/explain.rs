@@ -298,7 +298,7 @@ pub fn render(e: &Explanation) -> String {
         let n = e.positions.iter().filter(|p| p.actual.is_some()).count();
         let _ = writeln!(
             s,
-            "mean loss over the {n} known next characters: {mean:.4} nats ({:.3} bits/char)",
+            "mean loss over the {n} known next tokens: {mean:.4} nats ({:.3} bits/token)",
             nats_to_bits(mean)
         );
     }

@@ -74,6 +74,8 @@ pub struct TrainingSummary {
     pub last_val_loss: Option<f64>,
     pub elapsed_s: f64,
     pub data: PathBuf,
+    /// `char` or `bpe-N`: what one token is.
+    pub tokenizer: String,
 }
 
 /// The whole `inspect` report; `--json` prints it as is.
@@ -227,6 +229,7 @@ pub fn report(
         tokens_seen: s.tokens_seen,
         best_val_loss: s.best_val_loss,
         last_val_loss: s.last_val_loss,
+        tokenizer: s.tokenizer.label(),
         elapsed_s: s.elapsed_s,
         data: s.data.root.clone(),
     });
@@ -288,8 +291,20 @@ pub fn si(x: f64) -> String {
 
 /// The human-readable report printed by `sympathy inspect`.
 pub fn render(r: &Report) -> String {
-    let m = &r.model;
     let mut s = String::new();
+    render_model(&mut s, r);
+    render_params(&mut s, r);
+    render_memory(&mut s, r);
+    render_flops(&mut s, r);
+    if let Some(t) = &r.training {
+        render_training(&mut s, t);
+    }
+    s
+}
+
+/// The architecture line.
+fn render_model(s: &mut String, r: &Report) {
+    let m = &r.model;
     let _ = writeln!(s, "model {}", r.source);
     let _ = writeln!(
         s,
@@ -303,6 +318,10 @@ pub fn render(r: &Report) -> String {
         m.bias,
         m.dropout
     );
+}
+
+/// One row per parameter tensor: shape, count and share of the total.
+fn render_params(s: &mut String, r: &Report) {
     let name_w = r
         .params
         .iter()
@@ -344,8 +363,11 @@ pub fn render(r: &Report) -> String {
         s,
         "  the head reuses wte.weight (tied), so it has no row of its own\n"
     );
+}
 
-    let mem = &r.memory;
+/// What one training step holds in memory, and why.
+fn render_memory(s: &mut String, r: &Report) {
+    let (m, mem) = (&r.model, &r.memory);
     let _ = writeln!(
         s,
         "memory for one training step, fp32, batch {} × {} tokens",
@@ -379,8 +401,11 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(s, "{}", line.trim_end());
     }
     let _ = writeln!(s);
+}
 
-    let f = &r.flops;
+/// FLOPs per token, split by where they are spent.
+fn render_flops(s: &mut String, r: &Report) {
+    let (f, mem) = (&r.flops, &r.memory);
     let _ = writeln!(
         s,
         "FLOPs per token at context {} (multiply-add = 2)",
@@ -408,26 +433,28 @@ pub fn render(r: &Report) -> String {
         si(f.per_training_step),
         thousands(mem.batch_size * mem.seq_len)
     );
+}
 
-    if let Some(t) = &r.training {
-        let _ = writeln!(s, "\ntraining ({})", t.checkpoint.display());
-        let _ = writeln!(
-            s,
-            "  step {} of {}, {} tokens seen, {:.1} s of training, data {}",
-            t.step,
-            t.max_steps,
-            thousands(t.tokens_seen as i64),
-            t.elapsed_s,
-            t.data.display()
-        );
-        let loss = |v: Option<f64>| match v {
-            Some(v) => format!("{v:.4} nats ({:.3} bits/char)", nats_to_bits(v)),
-            None => "not evaluated yet".to_string(),
-        };
-        let _ = writeln!(s, "  best val loss {}", loss(t.best_val_loss));
-        let _ = writeln!(s, "  last val loss {}", loss(t.last_val_loss));
-    }
-    s
+/// Where the checkpoint's training stands.
+fn render_training(s: &mut String, t: &TrainingSummary) {
+    let _ = writeln!(s, "
+training ({})", t.checkpoint.display());
+    let _ = writeln!(
+        s,
+        "  step {} of {}, {} tokens ({}) seen, {:.1} s of training, data {}",
+        t.step,
+        t.max_steps,
+        thousands(t.tokens_seen as i64),
+        t.tokenizer,
+        t.elapsed_s,
+        t.data.display()
+    );
+    let loss = |v: Option<f64>| match v {
+        Some(v) => format!("{v:.4} nats/token ({:.3} bits/token)", nats_to_bits(v)),
+        None => "not evaluated yet".to_string(),
+    };
+    let _ = writeln!(s, "  best val loss {}", loss(t.best_val_loss));
+    let _ = writeln!(s, "  last val loss {}", loss(t.last_val_loss));
 }
 
 #[cfg(test)]

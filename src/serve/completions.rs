@@ -306,9 +306,6 @@ async fn whole(
     let mut response = reply.envelope(false);
     response["choices"] = Value::Array(body);
     response["usage"] = reply.usage(completion_tokens);
-    if !reply.warnings.is_empty() {
-        response["warnings"] = json!(reply.warnings);
-    }
     Ok(Json(response).into_response())
 }
 
@@ -365,14 +362,19 @@ fn stream(reply: Reply, mut rx: mpsc::UnboundedReceiver<(usize, Event)>) -> Resp
 }
 
 impl Reply {
-    /// The fields every response and chunk starts with.
+    /// The fields every response and chunk starts with (and `warnings`, if any).
     fn envelope(&self, chunk: bool) -> Value {
         let object = match (self.api, chunk) {
             (Api::Completions, _) => "text_completion",
             (Api::Chat, false) => "chat.completion",
             (Api::Chat, true) => "chat.completion.chunk",
         };
-        json!({"id": self.id, "object": object, "created": self.created, "model": &*self.model, "system_fingerprint": null})
+        let mut v = json!({"id": self.id, "object": object, "created": self.created, "model": &*self.model, "system_fingerprint": null});
+        if !self.warnings.is_empty() {
+            // What happened to the prompt (cut to the context, `<unk>`), on every chunk.
+            v["warnings"] = json!(self.warnings);
+        }
+        v
     }
 
     fn usage(&self, completion_tokens: usize) -> Value {

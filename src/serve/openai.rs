@@ -154,6 +154,42 @@ pub fn decide(
     in_range(field, max_tokens, 0, MAX_TOKENS_LIMIT)?;
     let n = c.n.unwrap_or(1);
     in_range("n", n, 1, N_LIMIT)?;
+    let sampling = sampling(c)?;
+    let stop = stops(c.stop.as_ref())?;
+    let stream = c.stream.unwrap_or(false);
+    let include_usage = c
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    if c.stream_options.is_some() && !stream {
+        return Err(ServeError::invalid(
+            "stream_options",
+            "stream_options needs stream: true",
+        ));
+    }
+    Ok(Decided {
+        n: n as usize,
+        // Negative seeds (OpenAI's are signed) wrap, as `as u64` does.
+        seed: c.seed.map_or_else(random_seed, |s| s as u64),
+        stream,
+        include_usage,
+        params: GenParams {
+            max_tokens: max_tokens as usize,
+            sampling,
+            stop,
+            ignore_eos: c.ignore_eos.unwrap_or(false),
+            logprobs: None,
+            score_prompt: false,
+            deadline: Instant::now() + timeout,
+            timeout_s: timeout.as_secs(),
+        },
+    })
+}
+
+/// The sampling fields, checked: OpenAI's ranges, and the penalties we do not have
+/// refused unless neutral.
+fn sampling(c: &Common) -> Result<SamplingConfig, ServeError> {
     let temperature = c.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ServeError::invalid(
@@ -196,41 +232,11 @@ pub fn decide(
             "logit_bias is not supported",
         ));
     }
-    let stop = stops(c.stop.as_ref())?;
-    let stream = c.stream.unwrap_or(false);
-    let include_usage = c
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    if c.stream_options.is_some() && !stream {
-        return Err(ServeError::invalid(
-            "stream_options",
-            "stream_options needs stream: true",
-        ));
-    }
-    let sampling = SamplingConfig {
+    Ok(SamplingConfig {
         temperature,
         top_k: c.top_k.map(|k| k as usize),
         top_p: c.top_p,
         repetition_penalty,
-    };
-    Ok(Decided {
-        n: n as usize,
-        // Negative seeds (OpenAI's are signed) wrap, as `as u64` does.
-        seed: c.seed.map_or_else(random_seed, |s| s as u64),
-        stream,
-        include_usage,
-        params: GenParams {
-            max_tokens: max_tokens as usize,
-            sampling,
-            stop,
-            ignore_eos: c.ignore_eos.unwrap_or(false),
-            logprobs: None,
-            score_prompt: false,
-            deadline: Instant::now() + timeout,
-            timeout_s: timeout.as_secs(),
-        },
     })
 }
 

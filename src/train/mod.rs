@@ -26,10 +26,10 @@ pub mod optim;
 pub mod params;
 pub mod step;
 
-use crate::config::{ModelConfig, TrainConfig};
+use crate::config::{ModelConfig, Schedule, TrainConfig};
 use crate::data::{Batches, TokenStreams};
+use crate::model::bits_per_byte;
 use crate::model::flops;
-use crate::model::nats_to_bits;
 use crate::run::checkpoint::{self, DataSpec, State, BEST, LATEST};
 use crate::run::lock::RunLock;
 use crate::run::metrics::{MetricsWriter, Record};
@@ -56,6 +56,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     pub model: ModelConfig,
     pub train: TrainConfig,
+    /// Its vocabulary must be the model's; on `--resume`, the checkpoint's.
+    pub tokenizer: Tokenizer,
     pub device: Device,
     /// Continue the checkpoint in `out` instead of starting fresh.
     pub resume: bool,
@@ -92,6 +94,8 @@ pub struct TrainSummary {
     pub val_loss: Option<f64>,
     pub best_val_loss: Option<f64>,
     pub tokens_per_s: f64,
+    /// Of the validation split, to turn `val_loss` into bits per byte.
+    pub val_bytes_per_token: f64,
     pub checkpoint: PathBuf,
     pub cause: StopCause,
 }
@@ -128,6 +132,9 @@ struct Run<'a> {
     val_batches: Batches,
     eval_starts: Vec<i64>,
     tokens_per_step: u64,
+    /// Bytes of text per token in each split: losses per token → bits per byte.
+    train_bytes_per_token: f64,
+    val_bytes_per_token: f64,
     /// For MFU: the model's FLOPs per token and this machine's matmul peak.
     flops_per_token: f64,
     peak_gflops: f64,
@@ -194,8 +201,9 @@ impl<'a> Run<'a> {
                 trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device
             ),
         );
-        if state.step >= tcfg.max_steps {
-            return already_done(opts, &bar, &state).map(Opened::AlreadyDone);
+        if state.step >= tcfg.max_steps || LrSchedule::new(tcfg).out_of_time(state.elapsed_s) {
+            let bpt = streams.report.val_bytes_per_token();
+            return already_done(opts, &bar, &state, bpt).map(Opened::AlreadyDone);
         }
         // MFU needs this machine's peak: a ~0.2 s matmul probe (see `runtime::matmul_peak`).
         let flops_per_token = flops::flops_per_token(cfg);
@@ -227,6 +235,8 @@ impl<'a> Run<'a> {
             val_batches,
             eval_starts,
             tokens_per_step,
+            train_bytes_per_token: streams.report.train_bytes_per_token(),
+            val_bytes_per_token: streams.report.val_bytes_per_token(),
             flops_per_token,
             peak_gflops,
             bar,
@@ -238,9 +248,12 @@ impl<'a> Run<'a> {
     fn should_continue(&mut self, stop: &StopFlags) -> bool {
         let tcfg = &self.opts.train;
         let step = self.state.step;
-        let out_of_time = tcfg
-            .max_minutes
-            .is_some_and(|m| self.session_start.elapsed().as_secs_f64() >= m * 60.0);
+        let out_of_time = match tcfg.schedule {
+            Schedule::Budget => self.schedule.out_of_time(self.training_seconds()),
+            Schedule::Cosine => tcfg
+                .max_minutes
+                .is_some_and(|m| self.session_start.elapsed().as_secs_f64() >= m * 60.0),
+        };
         let cause = if step >= tcfg.max_steps {
             StopCause::MaxSteps
         } else if stop.interrupt.load(Ordering::SeqCst) {
@@ -264,7 +277,7 @@ impl<'a> Run<'a> {
         self.step_start = Instant::now();
         let tcfg = &self.opts.train;
         let step = self.state.step;
-        self.lr = self.schedule.at(step);
+        self.lr = self.schedule.at(step, self.training_seconds());
         // Dropout draws from libtorch's generator: seeded per step, so a resumed run
         // draws what the uninterrupted one would.
         tch::manual_seed((tcfg.seed as i64).wrapping_add(step as i64 + 1));
@@ -336,6 +349,7 @@ impl<'a> Run<'a> {
 
     /// The validation loss; a new best is saved to `ckpt-best`.
     fn evaluate(&mut self, loss: f64) -> Result<f64> {
+        let bpt = self.val_bytes_per_token;
         let v = evaluate(&self.trainer.model, &self.val_batches, &self.eval_starts);
         self.state.last_val_loss = Some(v);
         if v.is_finite() && self.state.best_val_loss.is_none_or(|b| v < b) {
@@ -345,11 +359,11 @@ impl<'a> Run<'a> {
         log_line(
             &self.bar,
             format!(
-                "step {:>6} | loss {:.4} | val {:.4} ({:.3} bits/char) | lr {:.2e} | {:.0} tok/s",
+                "step {:>6} | loss {:.4} | val {:.4} ({:.3} bits/byte) | lr {:.2e} | {:.0} tok/s",
                 self.state.step,
                 loss,
                 v,
-                nats_to_bits(v),
+                bits_per_byte(v, bpt),
                 self.lr,
                 self.tokens_per_s
             ),
@@ -365,16 +379,19 @@ impl<'a> Run<'a> {
             step: self.state.step,
             loss: loss.is_finite().then_some(loss),
             val_loss,
+            val_bpb: val_loss.map(|v| bits_per_byte(v, self.val_bytes_per_token)),
             lr: self.lr,
             tokens_per_s: self.tokens_per_s,
             mfu: Some(mfu),
             elapsed_s: self.state.elapsed_s,
             tokens_seen: self.state.tokens_seen,
+            bytes_seen: Some((self.state.tokens_seen as f64 * self.train_bytes_per_token) as u64),
             grad_norm: grad_norm.is_finite().then_some(grad_norm),
         })?;
         self.bar.set_position(self.state.step);
         self.bar.set_message(format!(
-            "loss {loss:.4} lr {:.2e} {:.1}k tok/s MFU {:.0}%",
+            "loss {loss:.4} ({:.3} bits/byte) lr {:.2e} {:.1}k tok/s MFU {:.0}%",
+            bits_per_byte(loss, self.train_bytes_per_token),
             self.lr,
             self.tokens_per_s / 1e3,
             100.0 * mfu
@@ -406,8 +423,13 @@ impl<'a> Run<'a> {
         checkpoint::save_atomically(&self.opts.out, name, &t.vs, &t.opt, &self.state)
     }
 
+    /// Training time of the whole run so far, this session included.
+    fn training_seconds(&self) -> f64 {
+        self.elapsed_before + self.session_start.elapsed().as_secs_f64()
+    }
+
     fn update_elapsed(&mut self) {
-        self.state.elapsed_s = self.elapsed_before + self.session_start.elapsed().as_secs_f64();
+        self.state.elapsed_s = self.training_seconds();
     }
 
     /// The last checkpoint, and where the run stopped.
@@ -421,6 +443,7 @@ impl<'a> Run<'a> {
             val_loss: self.state.last_val_loss,
             best_val_loss: self.state.best_val_loss,
             tokens_per_s: self.tokens_per_s,
+            val_bytes_per_token: self.val_bytes_per_token,
             checkpoint: dir,
             cause: self.cause,
         })
@@ -431,13 +454,14 @@ impl<'a> Run<'a> {
 fn check_configs(opts: &TrainOptions) -> Result<Tokenizer> {
     opts.model.validate()?;
     opts.train.validate()?;
-    let tokenizer = Tokenizer::default();
+    let tokenizer = opts.tokenizer.clone();
     if opts.model.vocab_size != tokenizer.vocab_size() {
         return Err(Error::config(
             "vocab_size",
             format!(
-                "{} does not match the char tokenizer's {}",
+                "{} does not match the {} tokenizer's {}",
                 opts.model.vocab_size,
+                tokenizer.name(),
                 tokenizer.vocab_size()
             ),
         ));
@@ -506,12 +530,20 @@ fn progress_bar(quiet: bool, max_steps: u64, position: u64) -> ProgressBar {
 }
 
 /// A resumed run already at `--max-steps`: nothing to train, the checkpoint stays.
-fn already_done(opts: &TrainOptions, bar: &ProgressBar, state: &State) -> Result<TrainSummary> {
+fn already_done(
+    opts: &TrainOptions,
+    bar: &ProgressBar,
+    state: &State,
+    val_bytes_per_token: f64,
+) -> Result<TrainSummary> {
     log_line(
         bar,
         format!(
-            "already trained to step {} (--max-steps {}); nothing to do",
-            state.step, opts.train.max_steps
+            "already trained to step {} of --max-steps {} ({:.1} of --max-minutes {}); nothing to do",
+            state.step,
+            opts.train.max_steps,
+            state.elapsed_s / 60.0,
+            opts.train.max_minutes.map_or("none".into(), |m| m.to_string())
         ),
     );
     bar.finish_and_clear();
@@ -522,6 +554,7 @@ fn already_done(opts: &TrainOptions, bar: &ProgressBar, state: &State) -> Result
         val_loss: state.last_val_loss,
         best_val_loss: state.best_val_loss,
         tokens_per_s: 0.0,
+        val_bytes_per_token,
         checkpoint: checkpoint::resolve(&opts.out)?,
         cause: StopCause::MaxSteps,
     })

@@ -15,7 +15,7 @@
 
 use super::fused_adamw::{self, Flat, StepScalars};
 use super::params::{view_at, FlatParams};
-use crate::config::TrainConfig;
+use crate::config::{Schedule, TrainConfig};
 use crate::run::checkpoint::OptimizerState;
 use crate::{Error, Result, Step};
 use std::f64::consts::PI;
@@ -191,16 +191,30 @@ impl OptimizerState for AdamW {
     }
 }
 
-/// Linear warmup to the peak, then cosine decay to `min_lr` at `total` steps
-/// (Loshchilov & Hutter 2017, as nanoGPT). Warmup keeps the first, noisy Adam updates
-/// small while the second-moment estimates are still poor.
+/// Linear warmup to the peak, then a decay to `min_lr` at the run's end. Warmup keeps
+/// the first, noisy Adam updates small while the second-moment estimates are still poor.
+///
+/// [`Schedule::Cosine`] decays along a cosine to `total` steps (Loshchilov & Hutter
+/// 2017, as nanoGPT). [`Schedule::Budget`] is warmup-stable-decay (Hu et al. 2024,
+/// "MiniCPM"; Hägele et al. 2024): the peak until the run is `1 - DECAY_FRACTION` of
+/// the way to its end, then a straight line down. How far along the run is counts steps
+/// and, with a time budget, seconds, whichever is further: the decay starts and ends by
+/// the clock on a slow machine and by the step count on a fast one, and both are saved
+/// in every checkpoint (`step`, `elapsed_s`), so a resumed run continues the same plan.
 #[derive(Clone, Debug)]
 pub struct LrSchedule {
     pub max_lr: f64,
     pub min_lr: f64,
     pub warmup: Step,
     pub total: Step,
+    pub shape: Schedule,
+    /// The training-time budget in seconds ([`Schedule::Budget`] only).
+    pub budget_s: Option<f64>,
 }
+
+/// The share of the run spent decaying under [`Schedule::Budget`]; 20–30 % matches a
+/// cosine's final loss in Hägele et al.'s measurements.
+pub const DECAY_FRACTION: f64 = 0.3;
 
 impl LrSchedule {
     pub fn new(cfg: &TrainConfig) -> Self {
@@ -209,14 +223,45 @@ impl LrSchedule {
             min_lr: cfg.min_lr,
             warmup: cfg.warmup_steps,
             total: cfg.max_steps,
+            shape: cfg.schedule,
+            budget_s: match cfg.schedule {
+                Schedule::Budget => cfg.max_minutes.map(|m| m * 60.0),
+                Schedule::Cosine => None,
+            },
         }
     }
 
-    /// The learning rate for update number `step` (0-based).
-    pub fn at(&self, step: Step) -> f64 {
+    /// How far the run is toward its end, from 0 to 1: by steps, or by training time
+    /// when there is a budget and the clock is further along.
+    pub fn progress(&self, step: Step, elapsed_s: f64) -> f64 {
+        let by_steps = step as f64 / self.total.max(1) as f64;
+        let by_time = self.budget_s.map_or(0.0, |b| elapsed_s / b);
+        by_steps.max(by_time).min(1.0)
+    }
+
+    /// Whether the run has reached its end (the time budget's; `max_steps` is checked by
+    /// the loop itself).
+    pub fn out_of_time(&self, elapsed_s: f64) -> bool {
+        self.budget_s.is_some_and(|b| elapsed_s >= b)
+    }
+
+    /// The learning rate for update number `step` (0-based), `elapsed_s` seconds of
+    /// training into the run.
+    pub fn at(&self, step: Step, elapsed_s: f64) -> f64 {
         if step < self.warmup {
             return self.max_lr * (step + 1) as f64 / (self.warmup + 1) as f64;
         }
+        match self.shape {
+            Schedule::Cosine => self.cosine(step),
+            Schedule::Budget => {
+                let left = 1.0 - self.progress(step, elapsed_s); // 1 → 0
+                let decay = (left / DECAY_FRACTION).min(1.0); // 1 while stable, then → 0
+                self.min_lr + decay * (self.max_lr - self.min_lr)
+            }
+        }
+    }
+
+    fn cosine(&self, step: Step) -> f64 {
         if step >= self.total {
             return self.min_lr;
         }
@@ -236,30 +281,92 @@ mod tests {
             min_lr: 1e-4,
             warmup: 10,
             total: 110,
+            shape: Schedule::Cosine,
+            budget_s: None,
+        }
+    }
+
+    fn budget(seconds: f64) -> LrSchedule {
+        LrSchedule {
+            shape: Schedule::Budget,
+            budget_s: Some(seconds),
+            total: 1000,
+            ..schedule()
         }
     }
 
     #[test]
     fn warmup_is_linear_from_a_small_value() {
         let s = schedule();
-        assert!((s.at(0) - 1e-3 / 11.0).abs() < 1e-15);
-        assert!((s.at(4) - 5e-3 / 11.0).abs() < 1e-15);
-        assert!((s.at(9) - 10e-3 / 11.0).abs() < 1e-15);
+        assert!((s.at(0, 0.0) - 1e-3 / 11.0).abs() < 1e-15);
+        assert!((s.at(4, 0.0) - 5e-3 / 11.0).abs() < 1e-15);
+        assert!((s.at(9, 0.0) - 10e-3 / 11.0).abs() < 1e-15);
     }
 
     #[test]
     fn cosine_hits_peak_middle_and_floor() {
         let s = schedule();
-        assert!((s.at(10) - 1e-3).abs() < 1e-15, "peak right after warmup");
         assert!(
-            (s.at(60) - 5.5e-4).abs() < 1e-12,
+            (s.at(10, 0.0) - 1e-3).abs() < 1e-15,
+            "peak right after warmup"
+        );
+        assert!(
+            (s.at(60, 0.0) - 5.5e-4).abs() < 1e-12,
             "halfway is the mean of peak and floor"
         );
-        assert!((s.at(110) - 1e-4).abs() < 1e-15);
+        assert!((s.at(110, 0.0) - 1e-4).abs() < 1e-15);
         assert!(
-            (s.at(5000) - 1e-4).abs() < 1e-15,
+            (s.at(5000, 0.0) - 1e-4).abs() < 1e-15,
             "stays at the floor after the end"
         );
-        assert!(s.at(30) > s.at(31), "decays monotonically");
+        assert!(s.at(30, 0.0) > s.at(31, 0.0), "decays monotonically");
+    }
+
+    #[test]
+    fn budget_holds_the_peak_then_decays_by_whichever_end_is_nearer() {
+        let s = budget(100.0);
+        let (max, min) = (1e-3, 1e-4);
+        assert_eq!(s.at(100, 10.0), max, "10 % along: stable");
+        assert_eq!(s.at(690, 69.0), max, "just before the decay: stable");
+        let halfway_down = min + 0.5 * (max - min);
+        // 85 % along leaves half of the decay's 30 %, by the clock or by the steps.
+        assert!(
+            (s.at(100, 85.0) - halfway_down).abs() < 1e-15,
+            "slow machine"
+        );
+        assert!(
+            (s.at(850, 1.0) - halfway_down).abs() < 1e-15,
+            "fast machine"
+        );
+        assert!(
+            (s.at(400, 100.0) - min).abs() < 1e-18,
+            "annealed at the deadline"
+        );
+        assert!(
+            (s.at(1000, 3.0) - min).abs() < 1e-18,
+            "annealed at max_steps"
+        );
+        assert!(s.out_of_time(100.0) && !s.out_of_time(99.9));
+        assert!(!schedule().out_of_time(1e9), "cosine has no deadline");
+    }
+
+    #[test]
+    fn budget_never_raises_the_rate_after_warmup_and_warmup_ignores_the_clock() {
+        let s = budget(60.0);
+        assert_eq!(
+            s.at(3, 59.0),
+            schedule().at(3, 0.0),
+            "warmup is by steps only"
+        );
+        let mut last = f64::INFINITY;
+        // The clock runs unevenly (a machine slowing down and speeding up).
+        let mut elapsed = 0.0;
+        for step in 10..1000u64 {
+            elapsed += if (step / 50) % 2 == 0 { 0.01 } else { 0.2 };
+            let lr = s.at(step, elapsed);
+            assert!(lr <= last, "step {step}: {lr} > {last}");
+            last = lr;
+        }
+        assert!((last - 1e-4).abs() < 1e-18, "ends at the floor: {last}");
     }
 }

@@ -1,7 +1,12 @@
 //! Loss curves (`sympathy plot`, and `RUN_DIR/loss.png` after every training run):
 //! train and validation loss of one or more runs against step, with the learning rate
-//! on a second axis, and against tokens seen ([`loss_chart`], [`plot_runs`]). The
-//! chart's size is fixed ([`LOSS_CHART_SIZE`]) so tests can check it.
+//! on a second axis, and against bytes seen, tokens seen or training time
+//! ([`loss_chart`], [`plot_runs`], [`XAxis`]). The chart's size is fixed
+//! ([`LOSS_CHART_SIZE`]) so tests can check it.
+//!
+//! Losses are in bits per byte when every run recorded its bytes (`bytes_seen`,
+//! `val_bpb` in `metrics.jsonl`), so a char run and a BPE run compare on one scale;
+//! older runs are drawn in nats per token.
 
 use super::{fonts_available, plot_error, save, Area, DrawResult};
 use crate::run::metrics::Record;
@@ -35,6 +40,80 @@ fn compact(v: f64) -> String {
     };
     let s = format!("{x:.1}");
     format!("{}{unit}", s.strip_suffix(".0").unwrap_or(&s))
+}
+
+/// What the lower chart's x axis counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XAxis {
+    /// Bytes of training text seen: runs with different tokenizers compare fairly.
+    #[default]
+    Bytes,
+    /// Tokens seen: runs with different batch sizes (same tokenizer) compare fairly.
+    Tokens,
+    /// Wall-clock training time in seconds: what a budget buys.
+    Time,
+}
+
+impl XAxis {
+    fn value(self, r: &Record) -> f64 {
+        match self {
+            XAxis::Bytes => r.bytes_seen.unwrap_or(r.tokens_seen) as f64,
+            XAxis::Tokens => r.tokens_seen as f64,
+            XAxis::Time => r.elapsed_s,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            XAxis::Bytes => "bytes seen",
+            XAxis::Tokens => "tokens seen",
+            XAxis::Time => "training time (s)",
+        }
+    }
+}
+
+/// The losses as drawn: bits per byte when the records allow it, else nats per token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Units {
+    BitsPerByte,
+    NatsPerToken,
+}
+
+impl Units {
+    fn of(runs: &[RunCurves]) -> Self {
+        let per_byte = runs.iter().flat_map(|r| &r.records).all(|r| {
+            r.bytes_seen.is_some_and(|b| b > 0) && (r.val_loss.is_none() || r.val_bpb.is_some())
+        });
+        if per_byte {
+            Units::BitsPerByte
+        } else {
+            Units::NatsPerToken
+        }
+    }
+
+    fn train(self, r: &Record) -> Option<f64> {
+        match self {
+            Units::NatsPerToken => r.loss,
+            Units::BitsPerByte => {
+                let bytes_per_token = r.bytes_seen? as f64 / r.tokens_seen.max(1) as f64;
+                Some(crate::model::bits_per_byte(r.loss?, bytes_per_token))
+            }
+        }
+    }
+
+    fn val(self, r: &Record) -> Option<f64> {
+        match self {
+            Units::NatsPerToken => r.val_loss,
+            Units::BitsPerByte => r.val_bpb,
+        }
+    }
+
+    fn desc(self) -> &'static str {
+        match self {
+            Units::BitsPerByte => "loss (bits/byte)",
+            Units::NatsPerToken => "loss (nats/token)",
+        }
+    }
 }
 
 /// One run's metrics, and the name it has in the legend.
@@ -88,13 +167,14 @@ fn loss_axes<'a>(
 /// right-hand label room from the primary one.
 fn draw_loss_mesh(
     chart: &mut LossAxes,
+    units: Units,
     x_desc: &str,
     x_ticks: &dyn Fn(&f64) -> String,
 ) -> DrawResult {
     let mut mesh = chart.configure_mesh();
     if fonts_available() {
         mesh.x_desc(x_desc)
-            .y_desc("loss (nats/char)")
+            .y_desc(units.desc())
             .x_label_formatter(x_ticks);
     } else {
         mesh.x_labels(0).y_labels(0);
@@ -108,16 +188,17 @@ fn draw_losses(
     chart: &mut LossAxes,
     run: &RunCurves,
     color: RGBColor,
+    units: Units,
     x: impl Fn(&Record) -> f64,
 ) -> DrawResult {
     let err = |e: DrawingAreaErrorKind<_>| e.to_string();
-    let points = |loss: fn(&Record) -> Option<f64>| -> Vec<(f64, f64)> {
+    let points = |loss: &dyn Fn(&Record) -> Option<f64>| -> Vec<(f64, f64)> {
         run.records
             .iter()
             .filter_map(|r| Some((x(r), loss(r)?)))
             .collect()
     };
-    let (train, val) = (points(|r| r.loss), points(|r| r.val_loss));
+    let (train, val) = (points(&|r| units.train(r)), points(&|r| units.val(r)));
     chart
         .draw_series(LineSeries::new(train, color.mix(0.35).stroke_width(1)))
         .map_err(err)?
@@ -135,9 +216,8 @@ fn draw_losses(
 }
 
 /// Train and validation loss against step (with the learning rate on a second axis)
-/// and, below, against tokens seen: runs with different batch sizes compare fairly
-/// only per token. One colour per run.
-pub fn loss_chart(path: &Path, runs: &[RunCurves]) -> Result<()> {
+/// and, below, against `x` (bytes seen, tokens seen or time). One colour per run.
+pub fn loss_chart(path: &Path, runs: &[RunCurves], x: XAxis) -> Result<()> {
     if runs.iter().all(|r| r.records.is_empty()) {
         return Err(plot_error(
             path,
@@ -145,11 +225,12 @@ pub fn loss_chart(path: &Path, runs: &[RunCurves]) -> Result<()> {
         ));
     }
     let all = || runs.iter().flat_map(|r| r.records.iter());
-    let losses = all().flat_map(|r| [r.loss, r.val_loss]).flatten();
+    let units = Units::of(runs);
+    let losses = all().flat_map(|r| [units.train(r), units.val(r)]).flatten();
     let (y_lo, y_hi) = range(losses, 0.05);
     let y_lo = y_lo.max(0.0);
     let max_step = all().map(|r| r.step).max().unwrap_or(1).max(1) as f64;
-    let max_tokens = all().map(|r| r.tokens_seen).max().unwrap_or(1).max(1) as f64;
+    let max_x = all().map(|r| x.value(r)).fold(0.0, f64::max).max(1e-9);
     let max_lr = all().map(|r| r.lr).fold(0.0, f64::max).max(1e-12) * 1.05;
     let labels = fonts_available();
 
@@ -165,7 +246,7 @@ pub fn loss_chart(path: &Path, runs: &[RunCurves]) -> Result<()> {
             (y_lo, y_hi),
         )?
         .set_secondary_coord(0f64..max_step, 0f64..max_lr);
-        draw_loss_mesh(&mut chart, "step", &|v: &f64| format!("{v:.0}"))?;
+        draw_loss_mesh(&mut chart, units, "step", &|v: &f64| format!("{v:.0}"))?;
         let mut secondary = chart.configure_secondary_axes();
         if labels {
             secondary
@@ -177,7 +258,7 @@ pub fn loss_chart(path: &Path, runs: &[RunCurves]) -> Result<()> {
         secondary.draw().map_err(err)?;
         for (i, run) in runs.iter().enumerate() {
             let color = RUN_COLORS[i % RUN_COLORS.len()];
-            draw_losses(&mut chart, run, color, |r| r.step as f64)?;
+            draw_losses(&mut chart, run, color, units, |r| r.step as f64)?;
             let lr: Vec<(f64, f64)> = run.records.iter().map(|r| (r.step as f64, r.lr)).collect();
             chart
                 .draw_secondary_series(DashedLineSeries::new(
@@ -200,19 +281,20 @@ pub fn loss_chart(path: &Path, runs: &[RunCurves]) -> Result<()> {
                 .map_err(err)?;
         }
 
-        // Lower: loss against tokens seen.
-        let mut chart = loss_axes(&lower, "loss against tokens seen", max_tokens, (y_lo, y_hi))?;
-        draw_loss_mesh(&mut chart, "tokens seen", &|v: &f64| compact(*v))?;
+        // Lower: loss against bytes, tokens or time.
+        let caption = format!("loss against {}", x.name());
+        let mut chart = loss_axes(&lower, &caption, max_x, (y_lo, y_hi))?;
+        draw_loss_mesh(&mut chart, units, x.name(), &|v: &f64| compact(*v))?;
         for (i, run) in runs.iter().enumerate() {
             let color = RUN_COLORS[i % RUN_COLORS.len()];
-            draw_losses(&mut chart, run, color, |r| r.tokens_seen as f64)?;
+            draw_losses(&mut chart, run, color, units, |r| x.value(r))?;
         }
         Ok(())
     })
 }
 
 /// Reads `RUN_DIR/metrics.jsonl` of each run and draws [`loss_chart`] to `out`.
-pub fn plot_runs(run_dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
+pub fn plot_runs(run_dirs: &[std::path::PathBuf], out: &Path, x: XAxis) -> Result<()> {
     let mut runs = Vec::new();
     for dir in run_dirs {
         let file = dir.join("metrics.jsonl");
@@ -241,5 +323,5 @@ pub fn plot_runs(run_dirs: &[std::path::PathBuf], out: &Path) -> Result<()> {
             .unwrap_or_else(|| dir.display().to_string());
         runs.push(RunCurves { label, records });
     }
-    loss_chart(out, &runs)
+    loss_chart(out, &runs, x)
 }

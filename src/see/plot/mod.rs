@@ -17,7 +17,7 @@ pub use attention::{
     attention_grid, attention_grid_size, attention_map, attention_map_cell_center,
     attention_map_size, heat, MASKED,
 };
-pub use loss::{loss_chart, plot_runs, RunCurves, LOSS_CHART_SIZE};
+pub use loss::{loss_chart, plot_runs, RunCurves, XAxis, LOSS_CHART_SIZE};
 
 use crate::{Error, Result};
 use plotters::coord::Shift;
