@@ -437,8 +437,12 @@ fn render_flops(s: &mut String, r: &Report) {
 
 /// Where the checkpoint's training stands.
 fn render_training(s: &mut String, t: &TrainingSummary) {
-    let _ = writeln!(s, "
-training ({})", t.checkpoint.display());
+    let _ = writeln!(
+        s,
+        "
+training ({})",
+        t.checkpoint.display()
+    );
     let _ = writeln!(
         s,
         "  step {} of {}, {} tokens ({}) seen, {:.1} s of training, data {}",
