@@ -254,6 +254,11 @@ def check_reload(page):
     assert status.startswith("loaded") and "ckpt-latest" in status, status
     # The button brings the playground back, talking to the model just loaded.
     page.wait_for_selector("[data-testid=view-playground]:visible")
+    page.click("[data-testid=run]")
+    wait_done(page)
+    api = post("/v1/completions", {"prompt": PROMPT, "temperature": 0, "max_tokens": MAX_TOKENS, "seed": 7})
+    text = "".join(t for t, _, _ in tokens(page))
+    assert text == api["choices"][0]["text"], f"after the reload the page gave {text!r}"
 
 
 def main():

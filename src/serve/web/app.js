@@ -32,8 +32,8 @@ async function main() {
   const hasPrompt = initPlayground();
   initInside(currentText);
   await initTraining(currentText);
-  document.addEventListener('model-changed', async () => {
-    await modelChanged();
+  document.addEventListener('model-changed', () => {
+    modelChanged();
     show('playground');
     clearError();
   });

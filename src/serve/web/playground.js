@@ -2,7 +2,7 @@
 // coloured by the probability it was sampled with; hover for the alternatives, click one
 // to branch from there (the old branch stays one click away).
 import {
-  api, authHeaders, clearError, errorMessage, info, readSse, readUrl, showError, tokenElement, writeUrl,
+  authHeaders, clearError, errorMessage, info, readSse, readUrl, showError, tokenElement, writeUrl,
 } from './common.js';
 
 const TOP_LOGPROBS = 5;
@@ -237,11 +237,10 @@ export function initPlayground() {
   return state.prompt !== undefined;
 }
 
-/** For the dashboard's "load into the playground" button. */
-export async function modelChanged() {
+/** After the dashboard loaded another checkpoint: the old branches were its model's. */
+export function modelChanged() {
   branches.length = 0;
   current = -1;
   renderCompletion();
   renderBranches();
-  return api('/v1/web/info');
 }

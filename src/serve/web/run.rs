@@ -1,4 +1,5 @@
-//! The training dashboard's routes (`sympathy serve --run RUN_DIR`).
+//! The training dashboard's routes: the run folder of the checkpoint served, or
+//! `sympathy serve --run RUN_DIR`.
 //!
 //! - `GET /v1/run`: the run folder, its newest checkpoint's `state.json` and the
 //!   `sympathy inspect` summary of it.
@@ -28,12 +29,12 @@ use std::time::Duration;
 /// How often the metrics file's length is looked at.
 const TAIL_EVERY: Duration = Duration::from_millis(200);
 
-/// The `--run` folder, or a 400 saying how to get one.
+/// The run folder (`--run`, else the checkpoint's own), or a 400 saying how to get one.
 pub fn run_dir(state: &AppState) -> Result<PathBuf, ServeError> {
     state.run_dir.clone().ok_or_else(|| {
         ServeError::invalid(
             "run",
-            "the server was started without --run RUN_DIR; restart it with --run to follow a training run",
+            "no run folder: the checkpoint served is not inside one and no --run RUN_DIR was given; restart the server with --run to follow a training run",
         )
     })
 }
