@@ -5,18 +5,18 @@ use super::{override_fields, warn_if_no_fonts};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use sympathy::config::{ModelConfig, Preset, Schedule, TrainConfig};
 use sympathy::data;
 use sympathy::model::bits_per_byte;
-use sympathy::run::checkpoint;
+use sympathy::run::checkpoint::{self, DataSpec};
 use sympathy::run::lock::RunLock;
 use sympathy::runtime::device::DeviceChoice;
 use sympathy::see::plot;
 use sympathy::tokenizer::{Bpe, Tokenizer};
 use sympathy::train::ranks::{self, RankEnv};
-use sympathy::train::{self, launch, StopCause, StopFlags, TrainOptions};
+use sympathy::train::{self, launch, StopCause, StopFlags, TrainOptions, TrainSummary};
 use tch::Device;
 
 #[derive(Args)]
@@ -144,34 +144,89 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
     let device = args.device.resolve()?;
     let rank_env = RankEnv::from_env(Duration::from_secs(args.dist_timeout))?;
     let writer = rank_env.as_ref().is_none_or(|r| r.rank == 0);
-    let (mut model, mut tcfg, saved) = if args.resume {
-        if args.out.is_dir() && writer && args.nproc.is_none_or(|n| n == 1) {
-            // A folder another process is training into says so first, before its
-            // half-written state does; training takes the lock again for itself.
-            drop(RunLock::acquire(&args.out)?);
+    let (mut model, mut tcfg, saved) = starting_configs(&args, writer)?;
+    args.model.apply(&mut model);
+    apply_train_flags(&args, &mut tcfg);
+    if let Some(nproc) = args.nproc {
+        if nproc == 0 {
+            bail!("--nproc: must be at least 1");
         }
-        let dir = checkpoint::resolve(&args.out)?;
-        let state = checkpoint::read_state(&dir)?;
-        check_resume_flags(&args, &state.model)?;
-        args.tokenizer.check_resume(&state.tokenizer)?;
-        note_resume_changes(&args.train, &state.train);
-        (
-            state.model,
-            state.train,
-            Some((state.data, state.tokenizer)),
-        )
-    } else {
+        if rank_env.is_some() {
+            bail!("--nproc: this process is already a rank of a launched run (WORLD_SIZE is set); drop --nproc");
+        }
+        if nproc > 1 {
+            ranks::check_divides(tcfg.batch_size, nproc)?;
+            return Ok(launch::launch(nproc, &args_without_nproc())?);
+        }
+    }
+    let device = match (&rank_env, device) {
+        (Some(r), Device::Cuda(_)) => Device::Cuda(r.local_rank),
+        _ => device,
+    };
+    let (saved_data, saved_tokenizer) = saved.unzip();
+    let (data, ext) = match (args.data, saved_data) {
+        (Some(d), _) => (d, args.ext),
+        (None, Some(saved)) => (saved.root, saved.ext),
+        (None, None) => (data::default_corpus_dir()?, args.ext),
+    };
+    let tokenizer = match saved_tokenizer {
+        Some(t) => t,
+        None => args.tokenizer.resolve(&data, &ext, &args.out)?,
+    };
+    model.vocab_size = tokenizer.vocab_size();
+    let opts = TrainOptions {
+        data,
+        ext,
+        out: args.out.clone(),
+        model,
+        train: tcfg,
+        tokenizer,
+        device,
+        resume: args.resume,
+        workers: args.workers,
+        quiet: false,
+        ranks: rank_env,
+    };
+    let summary = train::train(&opts, &stop_on_signals()?)?;
+    if writer {
+        report(&args.out, &summary);
+    }
+    Ok(exit_code(summary.cause))
+}
+
+/// What a run starts from: the model and training configs (the checkpoint's with
+/// `--resume`, else the preset's), and with `--resume` the checkpoint's data source and
+/// tokenizer.
+type Start = (ModelConfig, TrainConfig, Option<(DataSpec, Tokenizer)>);
+
+fn starting_configs(args: &TrainArgs, writer: bool) -> Result<Start> {
+    if !args.resume {
         if checkpoint::resolve(&args.out).is_ok() {
             bail!("--out: {} already holds a checkpoint; pass --resume to continue it, or choose another --out", args.out.display());
         }
         let preset = args.preset.unwrap_or(Preset::Small);
-        (
-            preset.model(Tokenizer::default().vocab_size()),
-            preset.train(),
-            None,
-        )
-    };
-    args.model.apply(&mut model);
+        let model = preset.model(Tokenizer::default().vocab_size());
+        return Ok((model, preset.train(), None));
+    }
+    if args.out.is_dir() && writer && args.nproc.is_none_or(|n| n == 1) {
+        // A folder another process is training into says so first, before its
+        // half-written state does; training takes the lock again for itself.
+        drop(RunLock::acquire(&args.out)?);
+    }
+    let dir = checkpoint::resolve(&args.out)?;
+    let state = checkpoint::read_state(&dir)?;
+    check_resume_flags(args, &state.model)?;
+    args.tokenizer.check_resume(&state.tokenizer)?;
+    note_resume_changes(&args.train, &state.train);
+    Ok((
+        state.model,
+        state.train,
+        Some((state.data, state.tokenizer)),
+    ))
+}
+
+/// Sets the training flags that were given in `tcfg`.
+fn apply_train_flags(args: &TrainArgs, tcfg: &mut TrainConfig) {
     override_fields!(
         tcfg,
         args.train,
@@ -200,50 +255,12 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
         tcfg.schedule = schedule;
     }
     tcfg.stop_at_step = args.train.stop_at_step;
-    let (saved_data, saved_tokenizer) = saved.unzip();
-    if let Some(nproc) = args.nproc {
-        if nproc == 0 {
-            bail!("--nproc: must be at least 1");
-        }
-        if rank_env.is_some() {
-            bail!("--nproc: this process is already a rank of a launched run (WORLD_SIZE is set); drop --nproc");
-        }
-        if nproc > 1 {
-            ranks::check_divides(tcfg.batch_size, nproc)?;
-            return Ok(launch::launch(nproc, &args_without_nproc())?);
-        }
-    }
-    let device = match (&rank_env, device) {
-        (Some(r), Device::Cuda(_)) => Device::Cuda(r.local_rank),
-        _ => device,
-    };
-    let (data, ext) = match (args.data, saved_data) {
-        (Some(d), _) => (d, args.ext),
-        (None, Some(saved)) => (saved.root, saved.ext),
-        (None, None) => (data::default_corpus_dir()?, args.ext),
-    };
-    let tokenizer = match saved_tokenizer {
-        Some(t) => t,
-        None => args.tokenizer.resolve(&data, &ext, &args.out)?,
-    };
-    model.vocab_size = tokenizer.vocab_size();
-    let opts = TrainOptions {
-        data,
-        ext,
-        out: args.out.clone(),
-        model,
-        train: tcfg,
-        tokenizer,
-        device,
-        resume: args.resume,
-        workers: args.workers,
-        quiet: false,
-        ranks: rank_env,
-    };
+}
 
+/// A first Ctrl-C (or SIGTERM) sets a flag: the loop finishes its step and saves. A
+/// second one finds the flag set and exits at once.
+fn stop_on_signals() -> Result<StopFlags> {
     let flags = StopFlags::default();
-    // A first Ctrl-C (or SIGTERM) sets the flag: the loop finishes its step and saves.
-    // A second one finds the flag set and exits at once.
     for (signal, flag, code) in [
         (signal_hook::consts::SIGINT, &flags.interrupt, 130),
         (signal_hook::consts::SIGTERM, &flags.terminate, 143),
@@ -251,15 +268,15 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
         signal_hook::flag::register_conditional_shutdown(signal, code, flag.clone())?;
         signal_hook::flag::register(signal, flag.clone())?;
     }
+    Ok(flags)
+}
 
-    let summary = train::train(&opts, &flags)?;
-    if !writer {
-        return Ok(exit_code(summary.cause));
-    }
+/// The end of a run on stderr: the loss curves, where it got to, and how to go on.
+fn report(out: &Path, summary: &TrainSummary) {
     // The loss curves are a bonus: a run that trained must not fail for a picture.
-    let png = args.out.join("loss.png");
+    let png = out.join("loss.png");
     warn_if_no_fonts();
-    match plot::plot_runs(std::slice::from_ref(&args.out), &png, plot::XAxis::Bytes) {
+    match plot::plot_runs(&[out.to_path_buf()], &png, plot::XAxis::Bytes) {
         Ok(()) => eprintln!("loss curves: {}", png.display()),
         Err(e) => eprintln!("warning: no loss curves: {e}"),
     }
@@ -279,8 +296,7 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
         summary.tokens_per_s,
         summary.checkpoint.display()
     );
-    let resume = format!("sympathy train --resume --out {}", args.out.display());
-    let code = exit_code(summary.cause);
+    let resume = format!("sympathy train --resume --out {}", out.display());
     match summary.cause {
         StopCause::MaxSteps | StopCause::MaxMinutes => {}
         StopCause::StopAtStep => eprintln!(
@@ -300,7 +316,6 @@ pub(crate) fn cmd_train(args: TrainArgs) -> Result<i32> {
             );
         }
     }
-    Ok(code)
 }
 
 /// The exit code for why training stopped: 0, or 128 + the signal that stopped it.

@@ -143,6 +143,42 @@ struct Row {
 }
 
 impl Row {
+    /// Completion `i` of `prompt`, with its own seed.
+    fn new(prompt: &[TokenId], cfg: &GenerateConfig, i: usize) -> Self {
+        Row {
+            sampler: Sampler::new(cfg.sampling.clone(), cfg.seed.wrapping_add(i as u64)),
+            utf8: Utf8Stream::new(),
+            stops: StopMatcher::new(&cfg.stop),
+            context: prompt.to_vec(),
+            generated: Vec::new(),
+            text: String::new(),
+            done: None,
+        }
+    }
+
+    /// The finished row as completion `i`.
+    fn finish(
+        self,
+        i: usize,
+        cfg: &GenerateConfig,
+        prompt_tokens: usize,
+        prefill_tokens_per_s: f64,
+    ) -> Completion {
+        let (stop_reason, decode_s) = self.done.expect("the loop ends when all rows are done");
+        let n_gen = self.generated.len();
+        Completion {
+            sample: i,
+            seed: cfg.seed.wrapping_add(i as u64),
+            text: self.text,
+            tokens_generated: n_gen,
+            tokens: self.generated,
+            prompt_tokens,
+            prefill_tokens_per_s,
+            decode_tokens_per_s: n_gen as f64 / decode_s.max(1e-9),
+            stop_reason,
+        }
+    }
+
     /// Samples the next token from `logits` (V,) and emits its text; returns why the
     /// row is finished, if it is.
     fn step(
@@ -290,33 +326,12 @@ pub fn generate_batch(
     num_samples: usize,
     mut on_text: impl FnMut(usize, &str),
 ) -> Result<Vec<Completion>> {
-    cfg.sampling.validate()?;
-    check_num_samples(num_samples)?;
-    let block = context_window(model, cfg)?;
-    if prompt.is_empty() || prompt.len() > block as usize {
-        return Err(Error::config(
-            "--prompt",
-            format!(
-                "must hold 1..={block} tokens after preparation, got {}",
-                prompt.len()
-            ),
-        ));
-    }
+    let block = check_request(model, prompt, cfg, num_samples)?;
     // No autograd anywhere below, not even its bookkeeping (see `torch_ext`).
     let _inference = InferenceMode::enter();
     let device = model.device();
     let n = num_samples;
-    let mut rows: Vec<Row> = (0..n)
-        .map(|i| Row {
-            sampler: Sampler::new(cfg.sampling.clone(), cfg.seed.wrapping_add(i as u64)),
-            utf8: Utf8Stream::new(),
-            stops: StopMatcher::new(&cfg.stop),
-            context: prompt.to_vec(),
-            generated: Vec::new(),
-            text: String::new(),
-            done: None,
-        })
-        .collect();
+    let mut rows: Vec<Row> = (0..n).map(|i| Row::new(prompt, cfg, i)).collect();
     // Batch row j of the cache and of `logits` holds completion `active[j]`.
     let mut active: Vec<usize> = (0..n).collect();
     let mut cache = KvCache::new(model.config().n_layer as usize, block);
@@ -324,15 +339,7 @@ pub fn generate_batch(
     // Prefill. Every completion starts from the same prompt, so it runs once (B = 1)
     // and the cache is copied into N rows.
     let started = Instant::now();
-    let ids = ids_tensor(&[prompt], device); // (1, T)
-    let first = if cfg.use_cache {
-        let logits = model.forward_cached(&ids, &mut cache);
-        cache.select_rows(&Tensor::zeros([n as i64], (Kind::Int64, device))); // B: 1 -> N
-        last_logits(&logits)
-    } else {
-        last_logits(&model.forward(&ids, false))
-    };
-    let mut logits = vec![first[0].clone(); n];
+    let mut logits = prefill(model, &mut cache, prompt, cfg.use_cache, n);
     let prefill_s = started.elapsed().as_secs_f64();
     let decode_started = Instant::now();
 
@@ -371,22 +378,52 @@ pub fn generate_batch(
     Ok(rows
         .into_iter()
         .enumerate()
-        .map(|(i, row)| {
-            let (stop_reason, decode_s) = row.done.expect("the loop ends when all rows are done");
-            let n_gen = row.generated.len();
-            Completion {
-                sample: i,
-                seed: cfg.seed.wrapping_add(i as u64),
-                text: row.text,
-                tokens_generated: n_gen,
-                tokens: row.generated,
-                prompt_tokens: prompt.len(),
-                prefill_tokens_per_s,
-                decode_tokens_per_s: n_gen as f64 / decode_s.max(1e-9),
-                stop_reason,
-            }
-        })
+        .map(|(i, row)| row.finish(i, cfg, prompt.len(), prefill_tokens_per_s))
         .collect())
+}
+
+/// The checks every request passes before any work: sampling, sample count, context,
+/// and a prompt that fits it. Returns the context window.
+fn check_request(
+    model: &Gpt,
+    prompt: &[TokenId],
+    cfg: &GenerateConfig,
+    num_samples: usize,
+) -> Result<i64> {
+    cfg.sampling.validate()?;
+    check_num_samples(num_samples)?;
+    let block = context_window(model, cfg)?;
+    if prompt.is_empty() || prompt.len() > block as usize {
+        return Err(Error::config(
+            "--prompt",
+            format!(
+                "must hold 1..={block} tokens after preparation, got {}",
+                prompt.len()
+            ),
+        ));
+    }
+    Ok(block)
+}
+
+/// The prompt's forward pass. Every completion starts from the same prompt, so it runs
+/// once (B = 1) and the cache is copied into `n` rows. Returns each row's logits (V,).
+fn prefill(
+    model: &Gpt,
+    cache: &mut KvCache,
+    prompt: &[TokenId],
+    use_cache: bool,
+    n: usize,
+) -> Vec<Vec<f32>> {
+    let device = model.device();
+    let ids = ids_tensor(&[prompt], device); // (1, T)
+    let first = if use_cache {
+        let logits = model.forward_cached(&ids, cache);
+        cache.select_rows(&Tensor::zeros([n as i64], (Kind::Int64, device))); // B: 1 -> N
+        last_logits(&logits)
+    } else {
+        last_logits(&model.forward(&ids, false))
+    };
+    vec![first[0].clone(); n]
 }
 
 /// One decode step for rows whose token histories (all the same length) are

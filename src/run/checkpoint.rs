@@ -14,6 +14,7 @@ use crate::tokenizer::bpe::TOKENIZER_FILE;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result, Step};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
@@ -349,54 +350,9 @@ pub fn save_atomically(
         };
         Error::checkpoint(&tmp, format!("{what}{kept}"))
     };
-    // Never let NaN or infinite weights replace a good checkpoint.
     let variables = vs.variables();
-    if !all_finite(variables.values()) {
-        let bad = variables
-            .iter()
-            .find(|(_, t)| !all_finite([*t]))
-            .expect("one tensor is not finite");
-        return Err(Error::checkpoint(
-            &final_dir,
-            format!(
-                "not written: tensor {} holds NaN or infinite values{}",
-                bad.0,
-                if final_dir.exists() {
-                    "; the previous checkpoint is intact"
-                } else {
-                    ""
-                }
-            ),
-        ));
-    }
-    let write = || -> std::result::Result<(), String> {
-        if tmp.exists() {
-            fs::remove_dir_all(&tmp)
-                .map_err(|e| format!("cannot clear a stale temporary folder: {e}"))?;
-        }
-        fs::create_dir_all(&tmp).map_err(|e| format!("cannot create: {e}"))?;
-        let model_file = tmp.join("model.safetensors");
-        let mut named: Vec<(&String, &Tensor)> = variables.iter().collect();
-        named.sort_by(|a, b| a.0.cmp(b.0));
-        Tensor::write_safetensors(&named, &model_file)
-            .map_err(|e| format!("cannot write model.safetensors: {e}"))?;
-        Tensor::write_safetensors(&opt.state_tensors(), tmp.join("optimizer.safetensors"))
-            .map_err(|e| format!("cannot write optimizer.safetensors: {e}"))?;
-        let json = serde_json::to_string_pretty(state).expect("state serialises");
-        fs::write(tmp.join("state.json"), json)
-            .map_err(|e| format!("cannot write state.json: {e}"))?;
-        let mut files = vec!["model.safetensors", "optimizer.safetensors", "state.json"];
-        if let Tokenizer::Bpe(bpe) = &state.tokenizer {
-            fs::write(tmp.join(TOKENIZER_FILE), bpe.to_json())
-                .map_err(|e| format!("cannot write {TOKENIZER_FILE}: {e}"))?;
-            files.push(TOKENIZER_FILE);
-        }
-        for f in files {
-            fsync(&tmp.join(f)).map_err(|e| format!("cannot flush {f} to disk: {e}"))?;
-        }
-        fsync(&tmp).map_err(|e| format!("cannot flush the folder: {e}"))
-    };
-    write().map_err(fail)?;
+    refuse_non_finite(&variables, &final_dir)?;
+    write_files(&tmp, &variables, opt, state).map_err(fail)?;
     // The swap: old checkpoint aside, new one in, old one gone. `resolve` copes with a
     // crash between any two of these renames.
     if final_dir.exists() {
@@ -416,6 +372,63 @@ pub fn save_atomically(
     let _ = fsync(run_dir);
     let _ = fs::remove_dir_all(&old);
     Ok(final_dir)
+}
+
+/// Never lets NaN or infinite weights replace a good checkpoint: names the first tensor
+/// that holds one.
+fn refuse_non_finite(variables: &HashMap<String, Tensor>, final_dir: &Path) -> Result<()> {
+    if all_finite(variables.values()) {
+        return Ok(());
+    }
+    let bad = variables
+        .iter()
+        .find(|(_, t)| !all_finite([*t]))
+        .expect("one tensor is not finite");
+    Err(Error::checkpoint(
+        final_dir,
+        format!(
+            "not written: tensor {} holds NaN or infinite values{}",
+            bad.0,
+            if final_dir.exists() {
+                "; the previous checkpoint is intact"
+            } else {
+                ""
+            }
+        ),
+    ))
+}
+
+/// Writes every file of a checkpoint into the (fresh) folder `tmp` and flushes them and
+/// the folder to disk; says which step failed.
+fn write_files(
+    tmp: &Path,
+    variables: &HashMap<String, Tensor>,
+    opt: &impl OptimizerState,
+    state: &State,
+) -> std::result::Result<(), String> {
+    if tmp.exists() {
+        fs::remove_dir_all(tmp)
+            .map_err(|e| format!("cannot clear a stale temporary folder: {e}"))?;
+    }
+    fs::create_dir_all(tmp).map_err(|e| format!("cannot create: {e}"))?;
+    let mut named: Vec<(&String, &Tensor)> = variables.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    Tensor::write_safetensors(&named, tmp.join("model.safetensors"))
+        .map_err(|e| format!("cannot write model.safetensors: {e}"))?;
+    Tensor::write_safetensors(&opt.state_tensors(), tmp.join("optimizer.safetensors"))
+        .map_err(|e| format!("cannot write optimizer.safetensors: {e}"))?;
+    let json = serde_json::to_string_pretty(state).expect("state serialises");
+    fs::write(tmp.join("state.json"), json).map_err(|e| format!("cannot write state.json: {e}"))?;
+    let mut files = vec!["model.safetensors", "optimizer.safetensors", "state.json"];
+    if let Tokenizer::Bpe(bpe) = &state.tokenizer {
+        fs::write(tmp.join(TOKENIZER_FILE), bpe.to_json())
+            .map_err(|e| format!("cannot write {TOKENIZER_FILE}: {e}"))?;
+        files.push(TOKENIZER_FILE);
+    }
+    for f in files {
+        fsync(&tmp.join(f)).map_err(|e| format!("cannot flush {f} to disk: {e}"))?;
+    }
+    fsync(tmp).map_err(|e| format!("cannot flush the folder: {e}"))
 }
 
 /// Whether every element of every tensor is finite (no NaN, no ±inf), with one host

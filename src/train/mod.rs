@@ -182,35 +182,9 @@ impl<'a> Run<'a> {
         }
         let mut ranks = Ranks::join(opts.ranks.as_ref(), opts.device)?;
         let writer = check_run_folder(opts, ranks.is_writer())?;
-        // Rank 0 builds the token cache; the others then read it.
-        let streams = ranks.writer_first(|| {
-            TokenStreams::load_or_build(&opts.data, &opts.ext, &tokenizer, &opts.out.join("tokens"))
-        })?;
-        streams.check_fits(cfg.block_size)?;
-        let batches = |tokens| {
-            Batches::new(
-                tokens,
-                cfg.block_size,
-                tcfg.batch_size,
-                tcfg.seed,
-                opts.device,
-            )
-        };
-        let (train_batches, val_batches) = (batches(&streams.train)?, batches(&streams.val)?);
+        let (streams, train_batches, val_batches) = load_data(opts, &tokenizer, &mut ranks)?;
         let eval_starts = val_batches.eval_starts(tcfg.eval_windows);
-        if opts.resume {
-            checkpoint::check_model_file(&checkpoint::resolve(&opts.out)?, cfg)?;
-        }
-        let mut trainer = Trainer::new(cfg, tcfg, opts.device, Kind::Float, opts.workers)?;
-        let data = DataSpec {
-            root: opts.data.clone(),
-            ext: opts.ext.clone(),
-        };
-        let state = if opts.resume {
-            resume(opts, &mut trainer, data)?
-        } else {
-            State::new(cfg.clone(), tcfg.clone(), tokenizer, data)
-        };
+        let (trainer, state) = build_trainer(opts, tokenizer)?;
         start_from_writers_state(&mut ranks, &trainer)?;
         let bar = progress_bar(opts.quiet || !ranks.is_writer(), tcfg.max_steps, state.step);
         let tokens_per_step = (tcfg.batch_size * cfg.block_size * tcfg.grad_accum) as u64;
@@ -577,6 +551,51 @@ fn check_configs(opts: &TrainOptions) -> Result<Tokenizer> {
 /// Creates the run folder and takes it for this process when it is the `writer` (one
 /// at a time; rank 0 of several); a checkpoint in it needs `--resume`, and `--resume`
 /// needs one.
+/// The corpus as token streams (rank 0 builds the token cache; the others then read
+/// it), checked against the context, and the seeded batches over its two splits.
+fn load_data(
+    opts: &TrainOptions,
+    tokenizer: &Tokenizer,
+    ranks: &mut Ranks,
+) -> Result<(TokenStreams, Batches, Batches)> {
+    let (cfg, tcfg) = (&opts.model, &opts.train);
+    let streams = ranks.writer_first(|| {
+        TokenStreams::load_or_build(&opts.data, &opts.ext, tokenizer, &opts.out.join("tokens"))
+    })?;
+    streams.check_fits(cfg.block_size)?;
+    let batches = |tokens| {
+        Batches::new(
+            tokens,
+            cfg.block_size,
+            tcfg.batch_size,
+            tcfg.seed,
+            opts.device,
+        )
+    };
+    let (train, val) = (batches(&streams.train)?, batches(&streams.val)?);
+    Ok((streams, train, val))
+}
+
+/// The model and optimizer, fresh or (with `--resume`) from the checkpoint, and the
+/// state that is saved with them.
+fn build_trainer(opts: &TrainOptions, tokenizer: Tokenizer) -> Result<(Trainer, State)> {
+    let (cfg, tcfg) = (&opts.model, &opts.train);
+    if opts.resume {
+        checkpoint::check_model_file(&checkpoint::resolve(&opts.out)?, cfg)?;
+    }
+    let mut trainer = Trainer::new(cfg, tcfg, opts.device, Kind::Float, opts.workers)?;
+    let data = DataSpec {
+        root: opts.data.clone(),
+        ext: opts.ext.clone(),
+    };
+    let state = if opts.resume {
+        resume(opts, &mut trainer, data)?
+    } else {
+        State::new(cfg.clone(), tcfg.clone(), tokenizer, data)
+    };
+    Ok((trainer, state))
+}
+
 fn check_run_folder(opts: &TrainOptions, writer: bool) -> Result<Option<RunLock>> {
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let lock = writer.then(|| RunLock::acquire(&opts.out)).transpose()?;
