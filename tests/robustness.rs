@@ -303,6 +303,10 @@ fn a_run_cut_by_its_time_budget_ends_annealed() {
         );
     }
     assert!(last.lr < max, "the decay began before the deadline");
+    assert!(
+        last.val_loss.is_some(),
+        "the annealed model is evaluated: {last:?}"
+    );
     let o = resume(&run, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("nothing to do"), "{}", stderr(&o));

@@ -362,7 +362,10 @@ impl<'a> Run<'a> {
     /// non-finite steps, and every `--checkpoint-every` steps the latest checkpoint.
     fn evaluate_and_checkpoint(&mut self, loss: f64, grad_norm: f64) -> Result<()> {
         let tcfg = &self.opts.train;
-        let is_last = self.state.step == tcfg.max_steps;
+        // The last step of the run: at --max-steps, or at a time budget's deadline (read
+        // from the clock every rank shares, so they agree on it).
+        let is_last =
+            self.state.step == tcfg.max_steps || self.schedule.out_of_time(self.schedule_clock());
         let due_eval = self.state.step.is_multiple_of(tcfg.eval_every) || is_last;
         let due_save = self.state.step.is_multiple_of(tcfg.checkpoint_every) && !is_last;
         let writer = self.ranks.is_writer();
