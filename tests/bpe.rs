@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{run, stderr, stdout, write_corpus, TINY};
+use common::{run, stderr, stdout, train_tiny, write_corpus, TINY};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -158,22 +158,12 @@ fn trained_run(name: &str) -> (PathBuf, PathBuf) {
     let dir = scratch(name);
     let corpus = write_unicode_corpus(&dir.join("corpus"), 12);
     let out = dir.join("run");
-    let mut args = vec![
-        "train",
-        "--data",
-        corpus.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-steps",
-        "30",
-        "--tokenizer",
-        "bpe",
-        "--vocab-size",
-        "320",
-    ];
-    args.extend_from_slice(TINY);
-    let o = run(&args);
-    assert!(o.status.success(), "train failed: {}", stderr(&o));
+    train_tiny(
+        &corpus,
+        &out,
+        30,
+        &["--tokenizer", "bpe", "--vocab-size", "320"],
+    );
     (corpus, out)
 }
 

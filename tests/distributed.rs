@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{stderr, sympathy, write_corpus, TINY};
+use common::{free_port, stderr, sympathy, write_corpus, TINY};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -23,15 +23,6 @@ use std::time::{Duration, Instant};
 use tch::Tensor;
 
 const STEPS: u64 = 20;
-
-/// A free port on 127.0.0.1 (nothing listens there when this returns).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A corpus and the run of one process over it, trained once for the whole file.
 struct Reference {

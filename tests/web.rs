@@ -10,9 +10,8 @@
 
 mod common;
 
-use common::{train_tiny, write_corpus};
+use common::{free_port, train_tiny, write_corpus};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,14 +74,6 @@ fn ensure_playwright() -> PathBuf {
         venv.display()
     );
     python
-}
-
-/// A port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// `sympathy serve` that is killed when dropped.

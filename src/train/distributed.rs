@@ -365,11 +365,7 @@ mod tests {
     use super::*;
 
     fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        crate::train::launch::free_port().unwrap()
     }
 
     fn rendezvous(rank: usize, port: u16) -> Rendezvous {

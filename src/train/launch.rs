@@ -106,7 +106,7 @@ fn outcome(statuses: &[ExitStatus], children: &[Child]) -> i32 {
 }
 
 /// A TCP port that nothing on 127.0.0.1 listens on at this moment.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| Error::Distributed(format!("no free port on 127.0.0.1: {e}")))?;
     let port = listener

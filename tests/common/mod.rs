@@ -5,6 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A port free on 127.0.0.1 right now (nothing listens there when this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// The `sympathy` binary built for this test run.
 pub fn sympathy() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sympathy"))
