@@ -198,7 +198,8 @@ impl<'a> Run<'a> {
             "model: {} parameters ({:.2}M), {} layers, {} heads, n_embd {}, context {}; {} tokens/step on {:?}{}",
             trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device, ranks.describe()
         ));
-        if state.step >= tcfg.max_steps || LrSchedule::new(tcfg).out_of_time(state.elapsed_s) {
+        let schedule = LrSchedule::new(tcfg);
+        if state.step >= tcfg.max_steps || schedule.out_of_time(state.elapsed_s) {
             let bpt = streams.report.val_bytes_per_token();
             return already_done(opts, &bar, &state, bpt).map(Opened::AlreadyDone);
         }
@@ -216,7 +217,7 @@ impl<'a> Run<'a> {
             metrics: MetricsWriter::append(&opts.out.join("metrics.jsonl"))?,
             elapsed_before: state.elapsed_s,
             first_step: state.step,
-            schedule: LrSchedule::new(tcfg),
+            schedule,
             session_start: Instant::now(),
             step_start: Instant::now(),
             lr: 0.0,
