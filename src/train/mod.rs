@@ -167,6 +167,9 @@ struct Run<'a> {
     agreed_stop: [bool; 3],
     /// Rank 0's training time after the last step (see [`Run::schedule_clock`]).
     agreed_seconds: f64,
+    /// A time budget's deadline, read once after each step: that step is then the
+    /// last, evaluated and saved, and the loop stops before the next.
+    deadline_reached: bool,
     /// Rank 0 is the run folder's one writer while the run lives.
     _writer: Option<RunLock>,
 }
@@ -230,6 +233,7 @@ impl<'a> Run<'a> {
             local_stop: [false; 3],
             agreed_stop: [false; 3],
             agreed_seconds: state.elapsed_s,
+            deadline_reached: false,
             opts,
             trainer,
             state,
@@ -252,12 +256,12 @@ impl<'a> Run<'a> {
     fn should_continue(&mut self, stop: &StopFlags) -> bool {
         let tcfg = &self.opts.train;
         let step = self.state.step;
-        let out_of_time = match tcfg.schedule {
-            Schedule::Budget => self.schedule.out_of_time(self.schedule_clock()),
-            Schedule::Cosine => tcfg
+        // A budget's deadline was decided after the last step (`deadline_reached`);
+        // a cosine run's --max-minutes is a plain cut of this session.
+        let out_of_time = tcfg.schedule == Schedule::Cosine
+            && tcfg
                 .max_minutes
-                .is_some_and(|m| self.session_start.elapsed().as_secs_f64() >= m * 60.0),
-        };
+                .is_some_and(|m| self.session_start.elapsed().as_secs_f64() >= m * 60.0);
         self.local_stop = [
             stop.interrupt.load(Ordering::SeqCst),
             stop.terminate.load(Ordering::SeqCst),
@@ -276,7 +280,7 @@ impl<'a> Run<'a> {
             StopCause::Terminated
         } else if tcfg.stop_at_step.is_some_and(|s| step >= s) {
             StopCause::StopAtStep
-        } else if out_of_time {
+        } else if out_of_time || self.deadline_reached {
             StopCause::MaxMinutes
         } else {
             return true;
@@ -364,9 +368,10 @@ impl<'a> Run<'a> {
     fn evaluate_and_checkpoint(&mut self, loss: f64, grad_norm: f64) -> Result<()> {
         let tcfg = &self.opts.train;
         // The last step of the run: at --max-steps, or at a time budget's deadline (read
-        // from the clock every rank shares, so they agree on it).
-        let is_last =
-            self.state.step == tcfg.max_steps || self.schedule.out_of_time(self.schedule_clock());
+        // once, from the clock every rank shares, so they agree on it and the loop
+        // stops on the very decision that evaluated this step).
+        self.deadline_reached = self.schedule.out_of_time(self.schedule_clock());
+        let is_last = self.state.step == tcfg.max_steps || self.deadline_reached;
         let due_eval = self.state.step.is_multiple_of(tcfg.eval_every) || is_last;
         let due_save = self.state.step.is_multiple_of(tcfg.checkpoint_every) && !is_last;
         let writer = self.ranks.is_writer();
