@@ -15,7 +15,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use sympathy::config::{ModelConfig, Preset, TrainConfig};
+use sympathy::config::{Arch, ModelConfig, Preset, TrainConfig};
 use sympathy::model::Gpt;
 use sympathy::run::checkpoint::{self, DataSpec, State, LATEST};
 use sympathy::tokenizer::Tokenizer;
@@ -333,6 +333,47 @@ fn hf_export_has_gpt2_layout_and_pytorch_reads_the_same_logits() {
     export_and_check(&run, &x, tmp.path(), "hf export (bias=true)");
 }
 
+/// A run holding an untrained tiny model of architecture `arch`, saved in `dir`.
+fn saved_run(dir: &Path, arch: Arch) -> PathBuf {
+    let cfg = ModelConfig {
+        arch,
+        ..Preset::Tiny.model(Tokenizer::default().vocab_size())
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = Gpt::new(&vs.root(), &cfg);
+    let train = Preset::Tiny.train();
+    let data = DataSpec {
+        root: PathBuf::new(),
+        ext: "py".into(),
+    };
+    let state = State::new(cfg, train.clone(), Tokenizer::default(), data);
+    let opt = AdamW::new(&FlatParams::new(&vs), &train);
+    let run = dir.join("run");
+    checkpoint::save_atomically(&run, LATEST, &vs, &opt, &state).unwrap();
+    run
+}
+
+#[test]
+fn hf_export_refuses_an_architecture_gpt2_cannot_hold_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let modern = saved_run(&tmp.path().join("modern"), Arch::modern());
+    let qk_norm = Arch {
+        qk_norm: true,
+        ..Arch::default()
+    };
+    let qk = saved_run(&tmp.path().join("qk"), qk_norm);
+    for (run, option) in [(modern, "--pos rope"), (qk, "--qk-norm")] {
+        let out = tmp.path().join("hf");
+        let (run_s, out_s) = (run.to_str().unwrap(), out.to_str().unwrap());
+        let o = common::run(&["export", "--to", "safetensors-hf", run_s, out_s]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let want = format!("error: {option}: has no GPT2LMHeadModel equivalent; export works for the gpt2 architecture");
+        assert_eq!(err.trim_end(), want);
+        assert!(!out.exists(), "a refused export writes nothing");
+    }
+}
+
 /// The nanoGPT fixture's batch in sympathy ids, and the checks every import must pass:
 /// the logits at the remapped ids are nanoGPT's, the others exactly 0, step 0.
 fn check_imported(run: &Path) -> Tensor {
@@ -358,6 +399,7 @@ fn check_imported(run: &Path) -> Tensor {
         !loaded.state.model.bias,
         "the fixture is a bias=False nanoGPT"
     );
+    assert_eq!(loaded.state.model.arch, Arch::default(), "nanoGPT is GPT-2");
     let logits = tch::no_grad(|| loaded.model.forward(&x, false)); // (B, T, 131)
     let e = rel_err(&logits.index_select(2, &to_sympathy), &expected["logits"]);
     println!("nanoGPT import: logits at the remapped ids, max rel diff {e:.2e}");
