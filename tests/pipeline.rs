@@ -184,12 +184,13 @@ fn with_zero_init_every_block_starts_as_the_identity() {
         let (vs, model) = tiny_model_of(4, arch);
         let vars = vs.variables();
         let ids = random_ids(2, 16);
-        let mut embed = vars["wte.weight"]
+        let tokens = vars["wte.weight"]
             .index_select(0, &ids.flatten(0, -1))
-            .view([2, 16, -1]);
-        if pos == Positions::Learned {
-            embed = embed + &vars["wpe.weight"];
-        }
+            .view([2, 16, -1]); // (B, T, C)
+        let embed = match pos {
+            Positions::Learned => tokens + &vars["wpe.weight"],
+            Positions::Rope => tokens,
+        };
         let logits = model.forward(&ids, false);
         assert!(logits.equal(&model.head(&embed)), "{pos:?}");
         assert!(

@@ -12,7 +12,7 @@
 //! `scaled_dot_product_attention`, which never materialises the (T, T) matrix in
 //! memory-efficient or flash form. A test checks that the two agree.
 //!
-//! Two options change what q and k are before they meet ([`CausalSelfAttention::place`]):
+//! Two options change what q and k are before they meet (`CausalSelfAttention::place`):
 //! QK-norm (RMSNorm over each head's D values, with a learned gain per dimension, as in
 //! the speedrun and nanochat) bounds every score by the gains' norms, so that a large
 //! learning rate cannot blow the softmax up into one-hot; RoPE ([`super::rope`]) rotates

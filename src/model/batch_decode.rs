@@ -53,10 +53,11 @@ impl Gpt {
             keys,
         };
         let ids = Tensor::from_slice(tokens).to(device);
-        let mut x = self.wte.ws.index_select(0, &ids); // (B, C)
-        if let Some(wpe) = &self.wpe {
-            x = x + wpe.ws.index_select(0, &rows.pos);
-        }
+        let tokens = self.wte.ws.index_select(0, &ids); // (B, C)
+        let mut x = match &self.wpe {
+            Some(wpe) => tokens + wpe.ws.index_select(0, &rows.pos),
+            None => tokens,
+        };
         for (i, block) in self.h.iter().enumerate() {
             x = block.decode_rows(&x, cache.layer(i), &rows);
         }
