@@ -11,6 +11,12 @@ under tests/fixtures/:
       gradient clipping, decay only on tensors with 2 or more dimensions, the settings
       of sympathy's `tiny` preset) plus the weights after them.
 
+  modern.safetensors, modern.json
+      The same tiny GPT with the speedrun's six options (`--arch modern`): rotary
+      positions, RMSNorm, QK-norm, ReLU², an untied lm_head (weights random, not zero,
+      so that every part matters), with the logits, loss and gradients of one batch and
+      the loss of the forward after one AdamW step.
+
   nanogpt/ckpt.pt, nanogpt/meta.pkl, nanogpt/converted/, nanogpt/expected.safetensors
       A checkpoint in nanoGPT's format (its `model` state dict with `_orig_mod.` and
       `transformer.` prefixes, `model_args`, a char vocabulary in meta.pkl whose ids
@@ -125,6 +131,85 @@ class Gpt(torch.nn.Module):
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
 
+# RoPE's pairs: "half" (dimension i with i + D/2, GPT-NeoX and Llama, sympathy's) or
+# "interleaved" (2i with 2i + 1, the paper's), the latter only for the sensitivity check.
+ROPE_PAIRS = "half"
+
+
+def rms_norm(x, gain, eps=1e-5):
+    """RMSNorm (Zhang & Sennrich 2019), written out: x / sqrt(mean(x²) + eps) · g."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * gain
+
+
+def rope(x, base=10000.0):
+    """Rotary embeddings (Su et al. 2021) of x (B, H, T, D) at positions 0..T, as
+    complex multiplication: each pair a complex number times e^{i·m·θ_j}."""
+    b, h, t, d = x.shape
+    theta = base ** (-torch.arange(0, d // 2, dtype=torch.float64) * 2 / d)
+    angle = torch.outer(torch.arange(t, dtype=torch.float64), theta)  # (T, D/2)
+    turn = torch.polar(torch.ones_like(angle), angle).to(torch.complex64)
+    if ROPE_PAIRS == "half":
+        z = torch.complex(x[..., : d // 2], x[..., d // 2 :]) * turn
+        return torch.cat([z.real, z.imag], dim=-1)
+    z = torch.view_as_complex(x.reshape(b, h, t, d // 2, 2).contiguous()) * turn
+    return torch.view_as_real(z).reshape(b, h, t, d)
+
+
+class ModernBlock(Block):
+    """The block with RMSNorms (gain only), QK-norm, RoPE and ReLU²."""
+
+    def __init__(self, c, n_head, bias):
+        super().__init__(c, n_head, bias)
+        d = c // n_head
+        self.ln_1 = torch.nn.Module()
+        self.ln_1.weight = torch.nn.Parameter(torch.ones(c))
+        self.ln_2 = torch.nn.Module()
+        self.ln_2.weight = torch.nn.Parameter(torch.ones(c))
+        self.attn.q_norm = torch.nn.Module()
+        self.attn.q_norm.weight = torch.nn.Parameter(torch.ones(d))
+        self.attn.k_norm = torch.nn.Module()
+        self.attn.k_norm.weight = torch.nn.Parameter(torch.ones(d))
+
+    def attention(self, x):
+        b, t, c = x.shape
+        h, d = self.n_head, c // self.n_head
+        q, k, v = self.attn.c_attn(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, h, d).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
+        q = rope(rms_norm(q, self.attn.q_norm.weight))
+        k = rope(rms_norm(k, self.attn.k_norm.weight))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d)  # (B, H, T, T)
+        future = torch.ones(t, t, dtype=torch.bool).triu(1)
+        att = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, c)  # (B, T, C)
+        return self.attn.c_proj(y)
+
+    def forward(self, x):
+        x = x + self.attention(rms_norm(x, self.ln_1.weight))
+        h = torch.relu(self.mlp.c_fc(rms_norm(x, self.ln_2.weight))).square()
+        return x + self.mlp.c_proj(h)
+
+
+class ModernGpt(torch.nn.Module):
+    """`--arch modern`: no wpe, RMSNorm ln_f, an untied lm_head."""
+
+    def __init__(self, n_layer, n_head, n_embd, block_size, vocab_size, bias):
+        super().__init__()
+        self.transformer = torch.nn.Module()
+        self.transformer.wte = torch.nn.Embedding(vocab_size, n_embd)
+        self.transformer.h = torch.nn.ModuleList(
+            ModernBlock(n_embd, n_head, bias) for _ in range(n_layer)
+        )
+        self.transformer.ln_f = torch.nn.Module()
+        self.transformer.ln_f.weight = torch.nn.Parameter(torch.ones(n_embd))
+        self.lm_head = torch.nn.Linear(n_embd, vocab_size, bias=False)
+
+    def forward(self, idx):
+        x = self.transformer.wte(idx)
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(rms_norm(x, self.transformer.ln_f.weight))  # (B, T, V)
+
+
 def randomize(model, seed):
     """Fixed weights at a scale where every part of the model matters: Linear weights
     N(0, 1/fan_in) so that pre-activations are O(1) (at GPT-2's init std of 0.02 they
@@ -135,14 +220,14 @@ def randomize(model, seed):
     with torch.no_grad():
         for name, p in model.named_parameters():
             z = torch.randn(p.shape, generator=g)
-            if ".ln_" in name or name.startswith("transformer.ln_f"):
+            if ".ln_" in name or "_norm." in name or name.startswith("transformer.ln_f"):
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * z)
             elif name.endswith(".bias"):
                 p.copy_(0.1 * z)
             elif p.dim() == 2 and ".h." in name:
                 p.copy_(z / math.sqrt(p.shape[1]))
             else:
-                p.copy_(0.3 * z)  # wte (also the head) and wpe
+                p.copy_(0.3 * z)  # wte (also the tied head), wpe, an untied lm_head
 
 
 def sympathy_names(model):
@@ -247,6 +332,66 @@ def parity_fixtures():
     print(f"parity: loss {loss.item():.6f}, {sum(p.numel() for p in params.values())} parameters")
 
 
+def modern_fixtures():
+    """`--arch modern` on the parity model's shape and batch: logits, loss, gradients,
+    and one AdamW step (the loss of the forward after it)."""
+    global ROPE_PAIRS
+    cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=CHAR_VOCAB_SIZE, bias=True)
+    model = ModernGpt(**cfg)
+    randomize(model, seed=2024)
+    x, y = batch(4, cfg["block_size"])
+    params = sympathy_names(model)
+    tensors = {"x": x, "y": y}
+    tensors.update({f"weights.{n}": p.detach().clone() for n, p in params.items()})
+    logits = model(x)
+    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+    loss.backward()
+    tensors["logits"] = logits.detach().clone()
+    tensors.update({f"grads.{n}": p.grad.clone() for n, p in params.items()})
+    ROPE_PAIRS = "interleaved"
+    with torch.no_grad():
+        moved = ((model(x) - logits).abs().max() / logits.abs().max()).item()
+    ROPE_PAIRS = "half"
+    print(f"sensitivity: interleaved RoPE pairs move the logits by {moved:.1e} (relative)")
+    assert moved > 1e-3, "the fixture cannot tell RoPE pairings apart"
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": TRAIN["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        betas=(TRAIN["beta1"], TRAIN["beta2"]),
+        eps=TRAIN["eps"],
+        foreach=False,
+    )
+    lr = lr_at(0, TRAIN)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["grad_clip"])
+    opt.step()
+    with torch.no_grad():
+        after = model(x)
+        loss_after = F.cross_entropy(after.view(-1, after.shape[-1]), y.view(-1))
+    save_file(tensors, os.path.join(OUT, "modern.safetensors"))
+    model_cfg = dict(
+        cfg, dropout=0.0, pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2",
+        tied_head=False, zero_init=False,
+    )
+    meta = dict(
+        generated_by="scripts/make_fixtures.py (regenerate: make fixtures)",
+        torch_version=torch.__version__,
+        model=model_cfg,
+        loss=loss.item(),
+        step=dict(lr=lr, grad_norm=norm.item(), loss_after=loss_after.item()),
+    )
+    with open(os.path.join(OUT, "modern.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    print(f"modern: loss {loss.item():.6f}, after one step {loss_after.item():.6f}")
+
+
 def nanogpt_fixtures():
     """A nanoGPT char checkpoint as nanoGPT's train.py writes it (after torch.compile,
     hence `_orig_mod.`), with bias=False to cover that option too."""
@@ -286,4 +431,5 @@ if __name__ == "__main__":
     torch.set_num_threads(1)  # one thread: the same summation order on every machine
     os.makedirs(OUT, exist_ok=True)
     parity_fixtures()
+    modern_fixtures()
     nanogpt_fixtures()

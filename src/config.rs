@@ -18,7 +18,140 @@ pub struct ModelConfig {
     /// Linear layers and LayerNorms carry a bias (as GPT-2 does).
     pub bias: bool,
     pub dropout: f64,
+    /// Options from the modded-nanogpt speedrun; GPT-2's when absent from a file, so
+    /// every checkpoint saved before they existed loads as the GPT-2 it is.
+    #[serde(flatten)]
+    pub arch: Arch,
 }
+
+/// The architecture options of the GPT, each a named change to GPT-2 from the
+/// modded-nanogpt speedrun and nanochat. [`Arch::default`] is GPT-2; [`Arch::modern`]
+/// turns on all six.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Arch {
+    /// How the model knows where a token is.
+    pub pos: Positions,
+    /// The norm of `ln_1`, `ln_2` and `ln_f`.
+    pub norm: Normalization,
+    /// RMSNorm over each head's queries and keys (with a learned gain) before their dot
+    /// product: bounds the attention logits, which lets higher learning rates train.
+    pub qk_norm: bool,
+    /// The MLP's nonlinearity.
+    pub mlp: Activation,
+    /// The head reuses `wte` (GPT-2); when false it is a matrix `lm_head` of its own.
+    pub tied_head: bool,
+    /// The projections that write into the residual stream (`attn.c_proj`,
+    /// `mlp.c_proj`) start at zero, so that every block starts as the identity.
+    pub zero_init: bool,
+}
+
+impl Default for Arch {
+    /// GPT-2 (Radford et al. 2019), as nanoGPT builds it.
+    fn default() -> Self {
+        Arch {
+            pos: Positions::Learned,
+            norm: Normalization::LayerNorm,
+            qk_norm: false,
+            mlp: Activation::Gelu,
+            tied_head: true,
+            zero_init: false,
+        }
+    }
+}
+
+impl Arch {
+    /// All six options of the speedrun on: RoPE, RMSNorm, QK-norm, ReLU², an untied
+    /// head and zero-initialised residual projections.
+    pub fn modern() -> Self {
+        Arch {
+            pos: Positions::Rope,
+            norm: Normalization::RmsNorm,
+            qk_norm: true,
+            mlp: Activation::Relu2,
+            tied_head: false,
+            zero_init: true,
+        }
+    }
+
+    /// The options that differ from GPT-2, as their flags (`--pos rope`, `--qk-norm`,
+    /// ...); empty for GPT-2.
+    pub fn changes(&self) -> Vec<String> {
+        let gpt2 = Arch::default();
+        let mut out = Vec::new();
+        if self.pos != gpt2.pos {
+            out.push(format!("--pos {}", self.pos));
+        }
+        if self.norm != gpt2.norm {
+            out.push(format!("--norm {}", self.norm));
+        }
+        if self.qk_norm {
+            out.push("--qk-norm".into());
+        }
+        if self.mlp != gpt2.mlp {
+            out.push(format!("--mlp {}", self.mlp));
+        }
+        if !self.tied_head {
+            out.push("--untied-head".into());
+        }
+        if self.zero_init {
+            out.push("--zero-init".into());
+        }
+        out
+    }
+}
+
+/// Where position information enters the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// A learned table `wpe` of one vector per position, added to the token embedding
+    /// (GPT-2).
+    #[default]
+    Learned,
+    /// Rotary embeddings (Su et al. 2021): q and k rotated by angles proportional to
+    /// their position in every layer, so that q·k depends on the offset alone. No
+    /// parameters.
+    Rope,
+}
+
+/// The normalisation before each branch and before the head.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalization {
+    /// LayerNorm (Ba et al. 2016): centre, scale to unit variance, gain and bias.
+    #[default]
+    #[value(name = "layernorm")]
+    LayerNorm,
+    /// RMSNorm (Zhang & Sennrich 2019): scale to unit root mean square, gain only.
+    #[value(name = "rmsnorm")]
+    RmsNorm,
+}
+
+/// The MLP's nonlinearity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Exact (erf) GELU (Hendrycks & Gimpel 2016), as GPT-2.
+    #[default]
+    Gelu,
+    /// ReLU² (So et al. 2021, "Primer"): relu(x)².
+    #[value(name = "relu2")]
+    Relu2,
+}
+
+/// Writes an option as flags and files spell it (`rope`, `rmsnorm`, `relu2`).
+macro_rules! display_as_value {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let value = clap::ValueEnum::to_possible_value(self).expect("every option has a name");
+                f.write_str(value.get_name())
+            }
+        }
+    )*};
+}
+display_as_value!(Positions, Normalization, Activation);
 
 impl ModelConfig {
     /// Checks what would otherwise fail deep inside libtorch, naming the flag to change.
@@ -40,6 +173,15 @@ impl ModelConfig {
                 format!(
                     "{} is not divisible by --n-head {}; pick n_embd as a multiple of n_head",
                     self.n_embd, self.n_head
+                ),
+            ));
+        }
+        if self.arch.pos == Positions::Rope && self.head_dim() % 2 != 0 {
+            return Err(Error::config(
+                "--pos",
+                format!(
+                    "rope rotates pairs of a head's dimensions, and heads of width {} have an odd one; pick n_embd / n_head even",
+                    self.head_dim()
                 ),
             ));
         }
@@ -139,6 +281,7 @@ impl Preset {
             vocab_size,
             bias: true,
             dropout: 0.0,
+            arch: Arch::default(),
         }
     }
 
@@ -264,5 +407,46 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_config_saved_before_the_options_loads_as_gpt2() {
+        // The `model` of a state.json written before the architecture options existed.
+        let old = r#"{"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16,
+                      "vocab_size": 131, "bias": true, "dropout": 0.0}"#;
+        let cfg: ModelConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(cfg, Preset::Tiny.model(131));
+        assert_eq!(cfg.arch, Arch::default());
+        assert!(cfg.arch.changes().is_empty());
+    }
+
+    #[test]
+    fn the_options_are_saved_by_name_and_read_back() {
+        let cfg = ModelConfig {
+            arch: Arch::modern(),
+            ..Preset::Tiny.model(131)
+        };
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(json["pos"], "rope");
+        assert_eq!(json["norm"], "rmsnorm");
+        assert_eq!(json["mlp"], "relu2");
+        assert_eq!(json["tied_head"], false);
+        assert_eq!(serde_json::from_value::<ModelConfig>(json).unwrap(), cfg);
+        assert_eq!(
+            cfg.arch.changes(),
+            [
+                "--pos rope",
+                "--norm rmsnorm",
+                "--qk-norm",
+                "--mlp relu2",
+                "--untied-head",
+                "--zero-init"
+            ]
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! The count is computed from the config alone (no tensors): GPT-2's layout, with the
 //! head tied to `wte`. `inspect` shows the same estimate, term by term.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Normalization, Positions};
 use crate::{Error, Result};
 
 /// fp32: every value the estimate counts is 4 bytes.
@@ -15,17 +15,23 @@ pub const BYTES_PER_VALUE: u64 = 4;
 /// configs cannot overflow (a count above 2⁵³ is not something anyone allocates).
 ///
 /// ```text
-/// wte V·C + wpe T·C
+/// wte V·C + wpe T·C                                         (no wpe with RoPE)
 /// per layer: ln_1 C(+C) + c_attn 3C²(+3C) + c_proj C²(+C) + ln_2 C(+C)
 ///            + c_fc 4C²(+4C) + mlp.c_proj 4C²(+C)          (+…: with biases)
-/// ln_f C(+C); the head is wte, tied
+///            + q_norm D + k_norm D                          (with QK-norm)
+/// ln_f C(+C); the head is wte, tied, or lm_head V·C         (an RMSNorm has no bias)
 /// ```
 pub fn parameter_count(cfg: &ModelConfig) -> f64 {
-    let (c, l) = (cfg.n_embd as f64, cfg.n_layer as f64);
-    let b = if cfg.bias { 1.0 } else { 0.0 };
-    let norm = c + b * c;
-    let per_layer = 2.0 * norm + 12.0 * c * c + b * (3.0 * c + c + 4.0 * c + c);
-    (cfg.vocab_size as f64 + cfg.block_size as f64) * c + l * per_layer + norm
+    let (c, l, d) = (cfg.n_embd as f64, cfg.n_layer as f64, cfg.head_dim() as f64);
+    let (v, t) = (cfg.vocab_size as f64, cfg.block_size as f64);
+    let one = |on: bool| if on { 1.0 } else { 0.0 };
+    let arch = &cfg.arch;
+    let b = one(cfg.bias);
+    let norm = c + one(cfg.bias && arch.norm == Normalization::LayerNorm) * c;
+    let per_layer =
+        2.0 * norm + 12.0 * c * c + b * (3.0 * c + c + 4.0 * c + c) + one(arch.qk_norm) * 2.0 * d;
+    let embeddings = v * c + one(arch.pos == Positions::Learned) * t * c;
+    embeddings + l * per_layer + norm + one(!arch.tied_head) * v * c
 }
 
 /// Values autograd keeps per token for the backward pass (fp32, fused attention):
@@ -141,26 +147,30 @@ fn count(n: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Preset;
+    use crate::config::{Arch, Preset};
     use crate::model::Gpt;
     use tch::{nn, Device};
 
     #[test]
     fn the_count_equals_the_tensors_a_model_allocates() {
-        for (preset, bias) in [
-            (Preset::Tiny, true),
-            (Preset::Small, true),
-            (Preset::Tiny, false),
+        for (preset, bias, arch) in [
+            (Preset::Tiny, true, Arch::default()),
+            (Preset::Small, true, Arch::default()),
+            (Preset::Tiny, false, Arch::default()),
+            (Preset::Tiny, true, Arch::modern()),
+            (Preset::Small, false, Arch::modern()),
         ] {
             let mut cfg = preset.model(131);
             cfg.bias = bias;
+            cfg.arch = arch;
             let vs = nn::VarStore::new(Device::Cpu);
             let _model = Gpt::new(&vs.root(), &cfg);
             let allocated: i64 = vs.variables().values().map(|t| t.numel() as i64).sum();
             assert_eq!(
                 parameter_count(&cfg),
                 allocated as f64,
-                "{preset:?} bias={bias}"
+                "{preset:?} bias={bias} {:?}",
+                cfg.arch
             );
         }
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use sympathy::config::{ModelConfig, Preset};
+use sympathy::config::{Arch, ModelConfig, Normalization, Preset};
 use sympathy::infer::generate::{self, GenerateConfig, StopReason};
 use sympathy::infer::sampling::{Sampler, SamplingConfig};
 use sympathy::model::Gpt;
@@ -25,15 +25,25 @@ fn tiny_config() -> ModelConfig {
     Preset::Tiny.model(Tokenizer::default().vocab_size())
 }
 
-/// A random tiny model whose weights are N(0, 0.5²) instead of GPT-2's 0.02, so that
-/// its logits are large (std > 1) and a cache bug cannot hide below the tolerance.
-fn random_model(seed: i64) -> (nn::VarStore, Gpt) {
+/// A random tiny model of architecture `arch` whose weights are N(0, 0.5²) instead of
+/// GPT-2's 0.02 (or zero), so that its logits are large (std > 1) and a cache bug
+/// cannot hide below the tolerance. An RMSNorm, which has no bias to add scale, gets
+/// gains 1 + N(0, 0.5²) instead.
+fn random_model(seed: i64, arch: Arch) -> (nn::VarStore, Gpt) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Gpt::new(&vs.root(), &tiny_config());
+    let cfg = ModelConfig {
+        arch,
+        ..tiny_config()
+    };
+    let model = Gpt::new(&vs.root(), &cfg);
+    let rms = cfg.arch.norm == Normalization::RmsNorm;
+    let mut vars: Vec<_> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0)); // a fixed order of draws
     tch::no_grad(|| {
-        for mut v in vs.trainable_variables() {
-            let r = v.randn_like() * 0.5;
+        for (name, mut v) in vars {
+            let gain = rms && v.dim() == 1 && name.ends_with(".weight");
+            let r = v.randn_like() * 0.5 + if gain { 1.0 } else { 0.0 };
             v.copy_(&r);
         }
     });
@@ -93,7 +103,7 @@ fn cached_in_chunks(model: &Gpt, x: &Tensor, chunks: &[i64]) -> Tensor {
 /// cached prefix exercises the shifted causal mask), and so do those of
 /// `Gpt::decode_one`, the one-sequence decode path, fed one token at a time.
 fn assert_cache_matches(model: &Gpt, prompts: &[Vec<Vec<i64>>], min_logit_std: f64) {
-    let block = model.config().block_size;
+    let (block, arch) = (model.config().block_size, &model.config().arch);
     let _guard = tch::no_grad_guard();
     for rows in prompts {
         let x = ids(rows);
@@ -102,7 +112,7 @@ fn assert_cache_matches(model: &Gpt, prompts: &[Vec<Vec<i64>>], min_logit_std: f
         let std = reference.std(true).double_value(&[]);
         assert!(
             std > min_logit_std,
-            "logits too small ({std}) to test anything"
+            "{arch:?}: logits too small ({std}) to test anything"
         );
         let mut schedules = vec![vec![t], vec![1; t as usize]];
         if t > 3 {
@@ -113,7 +123,7 @@ fn assert_cache_matches(model: &Gpt, prompts: &[Vec<Vec<i64>>], min_logit_std: f
             let diff = rel_diff(&cached, &reference);
             assert!(
                 diff <= TOL,
-                "T={t} (block {block}), chunks {chunks:?}: max |cached - uncached| = {diff}"
+                "{arch:?} T={t} (block {block}), chunks {chunks:?}: max |cached - uncached| = {diff}"
             );
         }
         // The one-sequence fast path, token by token from an empty cache, on row 0.
@@ -123,7 +133,10 @@ fn assert_cache_matches(model: &Gpt, prompts: &[Vec<Vec<i64>>], min_logit_std: f
             .map(|&id| model.decode_one(id, &mut cache)) // (V,) each
             .collect();
         let diff = rel_diff(&Tensor::stack(&steps, 0), &reference.get(0));
-        assert!(diff <= TOL, "T={t}: max |decode_one - uncached| = {diff}");
+        assert!(
+            diff <= TOL,
+            "{arch:?} T={t}: max |decode_one - uncached| = {diff}"
+        );
     }
 }
 
@@ -143,10 +156,12 @@ fn random_prompts(lengths: &[i64], batch: usize, vocab: i64) -> Vec<Vec<Vec<i64>
 
 #[test]
 fn cached_logits_equal_uncached_for_a_random_model() {
-    let (_vs, model) = random_model(0);
-    let block = model.config().block_size;
-    let prompts = random_prompts(&[1, 2, 7, block], 2, model.config().vocab_size);
-    assert_cache_matches(&model, &prompts, 1.0);
+    for arch in common::architectures() {
+        let (_vs, model) = random_model(0, arch);
+        let block = model.config().block_size;
+        let prompts = random_prompts(&[1, 2, 7, block], 2, model.config().vocab_size);
+        assert_cache_matches(&model, &prompts, 1.0);
+    }
 }
 
 #[test]
@@ -172,7 +187,13 @@ fn cached_logits_equal_uncached_for_a_trained_model() {
 /// others intact.
 #[test]
 fn batch_rows_of_one_prefill_match_their_own_sequences() {
-    let (_vs, model) = random_model(1);
+    for arch in [Arch::default(), Arch::modern()] {
+        batch_rows_match(arch);
+    }
+}
+
+fn batch_rows_match(arch: Arch) {
+    let (_vs, model) = random_model(1, arch);
     let _guard = tch::no_grad_guard();
     let prompt = vec![10_i64, 20, 30, 40, 50];
     let mut cache = model.new_cache();
@@ -252,7 +273,7 @@ fn reference_tokens(
 /// strongly on every position, so a window off by one changes the tokens.
 #[test]
 fn generation_past_the_context_follows_the_window_policy() {
-    let (_vs, model) = random_model(3);
+    let (_vs, model) = random_model(3, Arch::default());
     let tok = Tokenizer::default();
     let model_block = model.config().block_size as usize;
     let n = 3 * model_block + 5;
@@ -330,7 +351,7 @@ fn batched_samples_equal_single_runs_with_consecutive_seeds() {
 /// that the tied head scores highest for `<eos>`) stops at once, unless told to ignore it.
 #[test]
 fn eos_stops_generation_unless_ignored() {
-    let (vs, model) = random_model(2);
+    let (vs, model) = random_model(2, Arch::default());
     tch::no_grad(|| {
         let vars = vs.variables();
         let u = Tensor::randn([32], (Kind::Float, Device::Cpu));

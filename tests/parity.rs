@@ -1,4 +1,5 @@
-//! sympathy's GPT against PyTorch, and its checkpoints against nanoGPT and Hugging Face.
+//! sympathy's GPT (GPT-2, and `--arch modern`) against PyTorch, and its checkpoints against
+//! nanoGPT and Hugging Face.
 //!
 //! The fixtures in tests/fixtures/ were computed by scripts/make_fixtures.py with
 //! PyTorch (regenerate: `make fixtures`); these tests need no Python, except the two
@@ -15,7 +16,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use sympathy::config::{ModelConfig, Preset, TrainConfig};
+use sympathy::config::{Arch, ModelConfig, Preset, TrainConfig};
 use sympathy::model::Gpt;
 use sympathy::run::checkpoint::{self, DataSpec, State, LATEST};
 use sympathy::tokenizer::Tokenizer;
@@ -40,7 +41,13 @@ fn read(file: &Path) -> HashMap<String, Tensor> {
 }
 
 fn parity_json() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("parity.json")).unwrap()).unwrap()
+    fixture_json("parity")
+}
+
+/// `tests/fixtures/NAME.json`.
+fn fixture_json(name: &str) -> serde_json::Value {
+    let file = fixtures().join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
 }
 
 /// max |got - want| / max |want|.
@@ -53,11 +60,16 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     diff / want.abs().max().double_value(&[]).max(1e-30)
 }
 
-/// The fixture's model and weights, loaded through the checkpoint loader (which checks
-/// every name and shape) from a file holding the fixture's `weights.*` tensors.
+/// The parity fixture's model and weights (see [`fixture_model_named`]).
 fn fixture_model(dir: &Path) -> (nn::VarStore, Gpt, ModelConfig) {
-    let cfg: ModelConfig = serde_json::from_value(parity_json()["model"].clone()).unwrap();
-    let weights: Vec<(String, Tensor)> = read(&fixtures().join("parity.safetensors"))
+    fixture_model_named(dir, "parity")
+}
+
+/// Fixture NAME's model and weights, loaded through the checkpoint loader (which checks
+/// every name and shape) from a file holding the fixture's `weights.*` tensors.
+fn fixture_model_named(dir: &Path, name: &str) -> (nn::VarStore, Gpt, ModelConfig) {
+    let cfg: ModelConfig = serde_json::from_value(fixture_json(name)["model"].clone()).unwrap();
+    let weights: Vec<(String, Tensor)> = read(&fixtures().join(format!("{name}.safetensors")))
         .into_iter()
         .filter_map(|(n, t)| n.strip_prefix("weights.").map(|n| (n.to_string(), t)))
         .collect();
@@ -218,6 +230,69 @@ fn ten_adamw_steps_match_pytorch() {
     println!("10 steps ({clipped} clipped): loss max rel diff {worst_loss:.2e}; weights max rel diff {:.2e} ({}); updates max rel diff {:.2e} ({})", worst.0, worst.1, worst_update.0, worst_update.1);
 }
 
+/// `--arch modern` against the PyTorch model of scripts/make_fixtures.py, written
+/// independently (RoPE as complex multiplication, RMSNorm written out): logits and loss,
+/// every gradient, and the loss after one AdamW step, to the tolerances above.
+#[test]
+fn the_modern_architecture_matches_pytorch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vs, model, cfg) = fixture_model_named(tmp.path(), "modern");
+    // The six options but zero-init: the fixture's weights are random everywhere.
+    let arch = Arch {
+        zero_init: false,
+        ..Arch::modern()
+    };
+    assert_eq!(cfg.arch, arch);
+    let fx = read(&fixtures().join("modern.safetensors"));
+    let json = fixture_json("modern");
+    let tcfg = fixture_train_config();
+    let mut params = FlatParams::new(&vs); // before the forward: it re-homes the weights
+    let mut opt = AdamW::new(&params, &tcfg);
+    let logits = model.forward(&fx["x"], false);
+    let e_logits = rel_err(&logits, &fx["logits"]);
+    let loss = Gpt::loss(&logits, &fx["y"]);
+    let want = json["loss"].as_f64().unwrap();
+    let e_loss = (loss.double_value(&[]) - want).abs() / want;
+    println!("modern: logits max rel diff {e_logits:.2e}, loss rel diff {e_loss:.2e}");
+    assert!(e_logits < FORWARD_TOL, "logits differ by {e_logits:e}");
+    assert!(e_loss < FORWARD_TOL, "loss differs by {e_loss:e}");
+
+    loss.backward();
+    let vars = vs.variables();
+    let grads = fx.keys().filter(|k| k.starts_with("grads.")).count();
+    assert_eq!(
+        vars.len(),
+        grads,
+        "the same parameters, lm_head and gains included"
+    );
+    for (name, var) in &vars {
+        let e = rel_err(&var.grad(), &fx[&format!("grads.{name}")]);
+        assert!(e < BACKWARD_TOL, "gradient of {name} differs by {e:e}");
+    }
+
+    let step = &json["step"];
+    let lr = LrSchedule::new(&tcfg).at(0, 0.0);
+    assert!((lr - step["lr"].as_f64().unwrap()).abs() < 1e-12);
+    let norm = params.grad_norm().double_value(&[]);
+    let want_norm = step["grad_norm"].as_f64().unwrap();
+    assert!(
+        (norm - want_norm).abs() / want_norm < BACKWARD_TOL,
+        "grad norm {norm} vs {want_norm}"
+    );
+    params.clip_grad_norm(norm, tcfg.grad_clip);
+    opt.step(&mut params, lr);
+    let after = Gpt::loss(&model.forward(&fx["x"], false), &fx["y"]).double_value(&[]);
+    let want_after = step["loss_after"].as_f64().unwrap();
+    let e = (after - want_after).abs() / want_after;
+    println!(
+        "modern: loss after one AdamW step {after:.7} vs PyTorch {want_after:.7}, rel diff {e:.2e}"
+    );
+    assert!(
+        e < BACKWARD_TOL,
+        "loss after one step: {after} vs {want_after}"
+    );
+}
+
 /// `.venv/bin/python`, which must import PyTorch: `make test` installs it
 /// (`scripts/setup_libtorch.sh --full`). A missing piece fails the test with that advice.
 fn venv_python(test: &str) -> PathBuf {
@@ -333,6 +408,47 @@ fn hf_export_has_gpt2_layout_and_pytorch_reads_the_same_logits() {
     export_and_check(&run, &x, tmp.path(), "hf export (bias=true)");
 }
 
+/// A run holding an untrained tiny model of architecture `arch`, saved in `dir`.
+fn saved_run(dir: &Path, arch: Arch) -> PathBuf {
+    let cfg = ModelConfig {
+        arch,
+        ..Preset::Tiny.model(Tokenizer::default().vocab_size())
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = Gpt::new(&vs.root(), &cfg);
+    let train = Preset::Tiny.train();
+    let data = DataSpec {
+        root: PathBuf::new(),
+        ext: "py".into(),
+    };
+    let state = State::new(cfg, train.clone(), Tokenizer::default(), data);
+    let opt = AdamW::new(&FlatParams::new(&vs), &train);
+    let run = dir.join("run");
+    checkpoint::save_atomically(&run, LATEST, &vs, &opt, &state).unwrap();
+    run
+}
+
+#[test]
+fn hf_export_refuses_an_architecture_gpt2_cannot_hold_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let modern = saved_run(&tmp.path().join("modern"), Arch::modern());
+    let qk_norm = Arch {
+        qk_norm: true,
+        ..Arch::default()
+    };
+    let qk = saved_run(&tmp.path().join("qk"), qk_norm);
+    for (run, option) in [(modern, "--pos rope"), (qk, "--qk-norm")] {
+        let out = tmp.path().join("hf");
+        let (run_s, out_s) = (run.to_str().unwrap(), out.to_str().unwrap());
+        let o = common::run(&["export", "--to", "safetensors-hf", run_s, out_s]);
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let want = format!("error: {option}: has no GPT2LMHeadModel equivalent; export works for the gpt2 architecture");
+        assert_eq!(err.trim_end(), want);
+        assert!(!out.exists(), "a refused export writes nothing");
+    }
+}
+
 /// The nanoGPT fixture's batch in sympathy ids, and the checks every import must pass:
 /// the logits at the remapped ids are nanoGPT's, the others exactly 0, step 0.
 fn check_imported(run: &Path) -> Tensor {
@@ -358,6 +474,7 @@ fn check_imported(run: &Path) -> Tensor {
         !loaded.state.model.bias,
         "the fixture is a bias=False nanoGPT"
     );
+    assert_eq!(loaded.state.model.arch, Arch::default(), "nanoGPT is GPT-2");
     let logits = tch::no_grad(|| loaded.model.forward(&x, false)); // (B, T, 131)
     let e = rel_err(&logits.index_select(2, &to_sympathy), &expected["logits"]);
     println!("nanoGPT import: logits at the remapped ids, max rel diff {e:.2e}");

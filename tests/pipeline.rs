@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
-use sympathy::config::{ModelConfig, Preset, TrainConfig};
+use sympathy::config::{Arch, ModelConfig, Positions, Preset, TrainConfig};
 use sympathy::data;
 use sympathy::model::attention::attention_reference;
 use sympathy::model::Gpt;
@@ -20,9 +20,13 @@ fn tiny() -> ModelConfig {
 }
 
 fn tiny_model(seed: i64) -> (nn::VarStore, Gpt) {
+    tiny_model_of(seed, Arch::default())
+}
+
+fn tiny_model_of(seed: i64, arch: Arch) -> (nn::VarStore, Gpt) {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Gpt::new(&vs.root(), &tiny());
+    let model = Gpt::new(&vs.root(), &ModelConfig { arch, ..tiny() });
     (vs, model)
 }
 
@@ -98,7 +102,20 @@ fn logits_have_shape_b_t_v() {
 
 #[test]
 fn changing_a_later_token_never_changes_earlier_logits() {
-    let (_vs, model) = tiny_model(1);
+    for arch in common::architectures() {
+        causal(arch);
+    }
+}
+
+fn causal(arch: Arch) {
+    let (vs, model) = tiny_model_of(1, arch);
+    // GPT-2's init where zero-init and the untied head would leave nothing to see.
+    tch::no_grad(|| {
+        for mut v in vs.trainable_variables() {
+            let r = v.randn_like() * 0.3;
+            v.copy_(&r);
+        }
+    });
     let ids = random_ids(1, 16);
     let base = model.forward(&ids, false);
     for t in [0i64, 5, 14] {
@@ -152,6 +169,82 @@ fn fused_attention_equals_the_written_out_reference() {
         .max()
         .double_value(&[]);
     assert!(rows < 1e-5, "rows sum to 1"); // 10 roundings of ε/2 at most: < 1e-6
+}
+
+/// With zero-init every residual branch adds exactly 0 at step 0, so the logits are
+/// the head applied to the embeddings: bit for bit, since x + 0 is x.
+#[test]
+fn with_zero_init_every_block_starts_as_the_identity() {
+    for pos in [Positions::Learned, Positions::Rope] {
+        let arch = Arch {
+            zero_init: true,
+            pos,
+            ..Arch::default()
+        };
+        let (vs, model) = tiny_model_of(4, arch);
+        let vars = vs.variables();
+        let ids = random_ids(2, 16);
+        let tokens = vars["wte.weight"]
+            .index_select(0, &ids.flatten(0, -1))
+            .view([2, 16, -1]); // (B, T, C)
+        let embed = match pos {
+            Positions::Learned => tokens + &vars["wpe.weight"],
+            Positions::Rope => tokens,
+        };
+        let logits = model.forward(&ids, false);
+        assert!(logits.equal(&model.head(&embed)), "{pos:?}");
+        assert!(
+            logits.std(true).double_value(&[]) > 0.0,
+            "the tied head scores"
+        );
+    }
+}
+
+/// `lm_head.weight` is a tensor of its own, starting at zero (uniform predictions),
+/// that the head uses and that training moves apart from `wte`.
+#[test]
+fn an_untied_head_is_its_own_tensor_and_trains_apart_from_wte() {
+    let arch = Arch {
+        tied_head: false,
+        ..Arch::default()
+    };
+    let (vs, model) = tiny_model_of(5, arch);
+    let vars = vs.variables();
+    let (head, wte) = (&vars["lm_head.weight"], &vars["wte.weight"]);
+    assert_eq!(head.size(), wte.size());
+    assert_ne!(head.data_ptr(), wte.data_ptr());
+    assert_eq!(head.abs().max().double_value(&[]), 0.0, "zero at init");
+    let wte_before = wte.copy();
+    let mut params = FlatParams::new(&vs); // before the forward: it re-homes the weights
+    let mut opt = AdamW::new(&params, &Preset::Tiny.train());
+    let ids = random_ids(4, 17);
+    let (x, y) = (ids.narrow(1, 0, 16), ids.narrow(1, 1, 16));
+    let logits = model.forward(&x, true);
+    assert_eq!(
+        logits.abs().max().double_value(&[]),
+        0.0,
+        "the head is lm_head"
+    );
+    let loss = Gpt::loss(&logits, &y);
+    let uniform = (CHAR_VOCAB_SIZE as f64).ln();
+    assert!((loss.double_value(&[]) - uniform).abs() < 1e-5, "loss ln V");
+    loss.backward();
+    opt.step(&mut params, 1e-2);
+    let vars = vs.variables(); // the re-homed tensors
+    let (head, wte) = (&vars["lm_head.weight"], &vars["wte.weight"]);
+    assert!(
+        head.abs().max().double_value(&[]) > 1e-3,
+        "the head trained"
+    );
+    let apart = (head - wte).abs().max().double_value(&[]);
+    assert!(
+        apart > 1e-2,
+        "lm_head and wte differ after a step ({apart})"
+    );
+    // A zero head passes no gradient back: wte moves by weight decay alone, a factor
+    // 1 - lr·wd = 1 - 1e-3 of each weight.
+    let moved = (wte - &wte_before).abs().max().double_value(&[]);
+    assert!(moved <= 1.01e-3 * wte_before.abs().max().double_value(&[]));
 }
 
 #[test]

@@ -251,6 +251,48 @@ fn stop_and_resume_is_bit_identical_to_a_straight_run() {
     assert_eq!(latest_weights(&run), before);
 }
 
+/// The speedrun's architecture trains (its loss falls) and resumes exactly too: RoPE's
+/// tables are rebuilt, not saved, and the untied head and the new gains are saved and
+/// restored like every other tensor.
+#[test]
+fn a_modern_run_trains_and_stop_and_resume_is_bit_identical() {
+    let f = fixture();
+    let straight = scratch("modern-straight").join("run");
+    let o = train(&f.corpus, &straight, &["--arch", "modern"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o)
+        .contains("--pos rope --norm rmsnorm --qk-norm --mlp relu2 --untied-head --zero-init"));
+    let losses: Vec<f64> = metrics::read(&straight.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.loss)
+        .collect();
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        (first - 131f64.ln()).abs() < 1e-4,
+        "a zero head starts at ln V: {first}"
+    );
+    assert!(last < first - 0.5, "the loss falls: {first} -> {last}");
+
+    let run = scratch("modern-resume").join("run");
+    let o = train(
+        &f.corpus,
+        &run,
+        &["--arch", "modern", "--stop-at-step", "20"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = resume(&run, &["--arch", "modern"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_same_run(&straight, &run);
+    assert_user_error(
+        &resume(&run, &["--pos", "learned"]),
+        &[
+            "--pos: learned contradicts the checkpoint's rope",
+            "drop the flag",
+        ],
+    );
+}
+
 /// `--max-minutes` plans the decay to end at the deadline: a run cut by time (long
 /// before `--max-steps`) holds the peak, then decays linearly to `--min-lr` at the
 /// deadline, and a resume of it has nothing left to do. Reference: the schedule's
@@ -1016,6 +1058,18 @@ fn resume_flags_that_contradict_the_checkpoint_are_named() {
     assert_user_error(
         &resume(&f.straight, &["--dropout", "0"]),
         &["--dropout: 0 contradicts the checkpoint's 0.1"],
+    );
+    assert_user_error(
+        &resume(&f.straight, &["--arch", "modern"]),
+        &["--arch: rope contradicts the checkpoint's learned"],
+    );
+    assert_user_error(
+        &resume(&f.straight, &["--arch", "modern", "--pos", "learned"]),
+        &["--arch: rmsnorm contradicts the checkpoint's layernorm"],
+    );
+    assert_user_error(
+        &resume(&f.straight, &["--qk-norm"]),
+        &["--qk-norm: true contradicts the checkpoint's false"],
     );
     assert_user_error(
         &resume(&f.straight, &["--preset", "small"]),

@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use sympathy::config::Preset;
+use sympathy::config::{Arch, ModelConfig, Preset};
 use sympathy::model::{Gpt, KvCache, SlotCache};
 use sympathy::run::checkpoint;
 use sympathy::tokenizer::{TokenId, Tokenizer};
@@ -38,15 +38,16 @@ const PROMPT: &str = "def f_1_2(n):\n";
 
 // ---------------------------------------------------------------- the batched step
 
-/// A random tiny model with N(0, 0.5²) weights, so that logits are large and a wrong
-/// position or mask cannot hide below the tolerance.
-fn random_model() -> (nn::VarStore, Gpt) {
+/// A random tiny model of architecture `arch` with N(0, 0.5²) weights, so that logits
+/// are large and a wrong position or mask cannot hide below the tolerance.
+fn random_model(arch: Arch) -> (nn::VarStore, Gpt) {
     tch::manual_seed(11);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Gpt::new(
-        &vs.root(),
-        &Preset::Tiny.model(Tokenizer::default().vocab_size()),
-    );
+    let cfg = ModelConfig {
+        arch,
+        ..Preset::Tiny.model(Tokenizer::default().vocab_size())
+    };
+    let model = Gpt::new(&vs.root(), &cfg);
     tch::no_grad(|| {
         for mut v in vs.trainable_variables() {
             let r = v.randn_like() * 0.5;
@@ -69,9 +70,17 @@ fn prefill(model: &Gpt, ids: &[i64]) -> KvCache {
     kv
 }
 
+/// For every architecture (with RoPE, each row's rotation is gathered at its own
+/// position).
 #[test]
 fn every_row_of_a_batched_step_equals_the_uncached_forward() {
-    let (_vs, model) = random_model();
+    for arch in common::architectures() {
+        rows_equal_the_uncached_forward(arch);
+    }
+}
+
+fn rows_equal_the_uncached_forward(arch: Arch) {
+    let (_vs, model) = random_model(arch);
     let _guard = tch::no_grad_guard();
     // Three sequences of different lengths; rows join at different steps, one leaves.
     let mut seqs: Vec<Vec<i64>> = vec![vec![5, 9, 3], vec![7; 9], vec![1, 2, 3, 4, 5, 6]];
@@ -111,7 +120,8 @@ fn every_row_of_a_batched_step_equals_the_uncached_forward() {
     }
     assert!(
         worst < 1e-4,
-        "batched step differs from the uncached forward by {worst:e}"
+        "{:?}: batched step differs from the uncached forward by {worst:e}",
+        model.config().arch
     );
 }
 

@@ -80,6 +80,7 @@ pub(crate) fn cmd_inspect(args: InspectArgs) -> Result<()> {
             ("--n-head", m.shape.n_head.is_some()),
             ("--n-embd", m.shape.n_embd.is_some()),
             ("--dropout", m.dropout.is_some()),
+            ("--arch (and --pos, --norm, …)", m.arch.any()),
         ] {
             if given {
                 bail!("{flag}: a checkpoint's shape is fixed; use it with --preset instead");

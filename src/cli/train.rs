@@ -7,7 +7,9 @@ use clap::{Args, ValueEnum};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use sympathy::config::{ModelConfig, Preset, Schedule, TrainConfig};
+use sympathy::config::{
+    Activation, Arch, ModelConfig, Normalization, Positions, Preset, Schedule, TrainConfig,
+};
 use sympathy::data;
 use sympathy::model::bits_per_byte;
 use sympathy::run::checkpoint::{self, DataSpec};
@@ -66,6 +68,8 @@ pub(crate) struct ModelFlags {
     pub(crate) shape: ShapeFlags,
     #[arg(long)]
     pub(crate) dropout: Option<f64>,
+    #[command(flatten)]
+    pub(crate) arch: ArchFlags,
 }
 
 impl ModelFlags {
@@ -73,6 +77,112 @@ impl ModelFlags {
     pub(crate) fn apply(&self, cfg: &mut ModelConfig) {
         self.shape.apply(cfg);
         override_fields!(cfg, self, [dropout]);
+        self.arch.apply(&mut cfg.arch);
+    }
+}
+
+/// The architecture options (unset = GPT-2's, or the checkpoint's with --resume).
+#[derive(Args)]
+pub(crate) struct ArchFlags {
+    /// `gpt2`, or `modern`: all six options below at once; a flag beside it overrides it.
+    #[arg(long, value_enum)]
+    arch: Option<ArchChoice>,
+    /// Positions: a learned table added to the tokens (GPT-2) or rotary q and k (RoPE).
+    #[arg(long, value_enum)]
+    pos: Option<Positions>,
+    /// The norm of ln_1, ln_2 and ln_f.
+    #[arg(long, value_enum)]
+    norm: Option<Normalization>,
+    /// RMSNorm over each head's queries and keys before their dot product.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    qk_norm: Option<bool>,
+    /// The MLP's nonlinearity: GELU (GPT-2) or relu(x)².
+    #[arg(long, value_enum)]
+    mlp: Option<Activation>,
+    /// A head matrix lm_head of its own, starting at zero, instead of reusing wte.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    untied_head: Option<bool>,
+    /// attn.c_proj and mlp.c_proj start at zero: every block starts as the identity.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    zero_init: Option<bool>,
+}
+
+/// The values of `--arch`.
+#[derive(Clone, Copy, ValueEnum)]
+enum ArchChoice {
+    /// GPT-2 as nanoGPT builds it.
+    Gpt2,
+    /// RoPE, RMSNorm, QK-norm, ReLU², an untied head and zero-init (the speedrun's).
+    Modern,
+}
+
+impl ArchFlags {
+    /// Sets the given options in `arch`: first `--arch`'s six, then each flag's own.
+    pub(crate) fn apply(&self, arch: &mut Arch) {
+        match self.arch {
+            Some(ArchChoice::Gpt2) => *arch = Arch::default(),
+            Some(ArchChoice::Modern) => *arch = Arch::modern(),
+            None => {}
+        }
+        override_fields!(arch, self, [pos, norm, qk_norm, mlp, zero_init]);
+        if let Some(untied) = self.untied_head {
+            arch.tied_head = !untied;
+        }
+    }
+
+    /// Whether any architecture flag was given.
+    pub(crate) fn any(&self) -> bool {
+        self.arch.is_some()
+            || self.pos.is_some()
+            || self.norm.is_some()
+            || self.qk_norm.is_some()
+            || self.mlp.is_some()
+            || self.untied_head.is_some()
+            || self.zero_init.is_some()
+    }
+
+    /// With --resume: the flags applied to the checkpoint's options must leave them as
+    /// they are. Returns `(flag, given, saved)` for the first that would change one,
+    /// naming the option's own flag, or `--arch` when that is what set it.
+    fn contradiction(&self, saved: &Arch) -> Option<(&'static str, String, String)> {
+        let mut wanted = saved.clone();
+        self.apply(&mut wanted);
+        let named = |own: bool, flag: &'static str| if own { flag } else { "--arch" };
+        let text = |x: &dyn std::fmt::Display| x.to_string();
+        [
+            (
+                named(self.pos.is_some(), "--pos"),
+                text(&wanted.pos),
+                text(&saved.pos),
+            ),
+            (
+                named(self.norm.is_some(), "--norm"),
+                text(&wanted.norm),
+                text(&saved.norm),
+            ),
+            (
+                named(self.qk_norm.is_some(), "--qk-norm"),
+                text(&wanted.qk_norm),
+                text(&saved.qk_norm),
+            ),
+            (
+                named(self.mlp.is_some(), "--mlp"),
+                text(&wanted.mlp),
+                text(&saved.mlp),
+            ),
+            (
+                named(self.untied_head.is_some(), "--untied-head"),
+                text(&!wanted.tied_head),
+                text(&!saved.tied_head),
+            ),
+            (
+                named(self.zero_init.is_some(), "--zero-init"),
+                text(&wanted.zero_init),
+                text(&saved.zero_init),
+            ),
+        ]
+        .into_iter()
+        .find(|(_, want, have)| want != have)
     }
 }
 
@@ -361,6 +471,7 @@ fn check_resume_flags(args: &TrainArgs, saved: &ModelConfig) -> Result<()> {
         differs("--n-embd", m.shape.n_embd, saved.n_embd),
         differs("--block-size", m.shape.block_size, saved.block_size),
         differs("--dropout", m.dropout, saved.dropout),
+        m.arch.contradiction(&saved.arch),
     ];
     if let Some((flag, given, saved)) = changed.into_iter().flatten().next() {
         bail!("{flag}: {given} contradicts the checkpoint's {saved}; drop the flag to resume, or train a new --out");
@@ -379,6 +490,20 @@ fn first_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, S
         ("vocab_size", text(&a.vocab_size), text(&b.vocab_size)),
         ("bias", text(&a.bias), text(&b.bias)),
         ("dropout", text(&a.dropout), text(&b.dropout)),
+        ("pos", text(&a.arch.pos), text(&b.arch.pos)),
+        ("norm", text(&a.arch.norm), text(&b.arch.norm)),
+        ("qk_norm", text(&a.arch.qk_norm), text(&b.arch.qk_norm)),
+        ("mlp", text(&a.arch.mlp), text(&b.arch.mlp)),
+        (
+            "tied_head",
+            text(&a.arch.tied_head),
+            text(&b.arch.tied_head),
+        ),
+        (
+            "zero_init",
+            text(&a.arch.zero_init),
+            text(&b.arch.zero_init),
+        ),
     ]
     .into_iter()
     .find(|(_, x, y)| x != y)

@@ -6,7 +6,10 @@
 //!
 //! Hugging Face's GPT-2 computes its projections with `Conv1D`, `x @ W + b` with `W`
 //! stored (in, out): the transpose of a `Linear` weight. GPT-2 always has biases, so a
-//! `bias = false` model exports zero biases, which compute the same function.
+//! `bias = false` model exports zero biases, which compute the same function. The
+//! architecture options ([`crate::config::Arch`]) have no place in `GPT2LMHeadModel`
+//! (it has no RoPE, RMSNorm, QK-norm or ReLU², and ties its head), so only a GPT-2
+//! run exports; the error names the first option in the way.
 
 use crate::config::ModelConfig;
 use crate::run::checkpoint;
@@ -24,6 +27,12 @@ use tch::{Device, Kind, Tensor};
 pub fn export_hf(run_dir: &Path, out_dir: &Path) -> Result<usize> {
     let loaded = checkpoint::load(run_dir, Device::Cpu)?;
     let cfg = &loaded.state.model;
+    if let Some(option) = cfg.arch.changes().first() {
+        return Err(Error::config(
+            option.as_str(),
+            "has no GPT2LMHeadModel equivalent; export works for the gpt2 architecture",
+        ));
+    }
     let vars = loaded.vs.variables();
     let mut out: Vec<(String, Tensor)> = Vec::new();
     for (name, t) in &vars {

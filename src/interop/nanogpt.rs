@@ -11,7 +11,7 @@
 //! `scripts/nanogpt_to_safetensors.py` (compiled into the binary) with PyTorch's python;
 //! the script only changes the container, all checks and renaming happen here.
 
-use crate::config::{ModelConfig, Preset};
+use crate::config::{Arch, ModelConfig, Preset};
 use crate::model::Gpt;
 use crate::run::checkpoint::{self, DataSpec, State, LATEST};
 use crate::tokenizer::{Tokenizer, CHAR_VOCAB_SIZE};
@@ -315,6 +315,7 @@ fn model_config(args: &Map<String, Value>, path: &Path) -> Result<(ModelConfig, 
             .get("dropout")
             .and_then(Value::as_f64)
             .ok_or_else(|| bad("dropout", "a number"))?,
+        arch: Arch::default(), // nanoGPT's model is GPT-2's
     };
     Ok((cfg, int("vocab_size")?))
 }

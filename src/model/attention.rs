@@ -11,10 +11,17 @@
 //! reference in tests). The forward pass uses libtorch's fused
 //! `scaled_dot_product_attention`, which never materialises the (T, T) matrix in
 //! memory-efficient or flash form. A test checks that the two agree.
+//!
+//! Two options change what q and k are before they meet (`CausalSelfAttention::place`):
+//! QK-norm (RMSNorm over each head's D values, with a learned gain per dimension, as in
+//! the speedrun and nanochat) bounds every score by the gains' norms, so that a large
+//! learning rate cannot blow the softmax up into one-hot; RoPE ([`super::rope`]) rotates
+//! them to their positions. Without either, q and k are the projection's, as in GPT-2.
 
 use crate::config::ModelConfig;
 use crate::model::kv_cache::LayerCache;
-use crate::model::{dropout, linear, project, residual_std, INIT_STD};
+use crate::model::rope::{At, Rope};
+use crate::model::{dropout, linear, project, residual_std, RmsNorm, INIT_STD};
 use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
@@ -23,16 +30,26 @@ pub struct CausalSelfAttention {
     pub(super) c_attn: nn::Linear,
     /// C -> C: mixes the heads back into the residual stream.
     pub(super) c_proj: nn::Linear,
+    /// QK-norm's RMSNorms over D, one for the queries and one for the keys.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    /// RoPE's tables (shared with every layer) when positions are rotary.
+    rope: Option<Rope>,
     pub(super) n_head: i64,
     dropout: f64,
 }
 
 impl CausalSelfAttention {
-    pub fn new(p: nn::Path, cfg: &ModelConfig) -> Self {
-        let c = cfg.n_embd;
+    /// The layer under `p`; `rope` is the model's table when `cfg.arch.pos` is rope.
+    pub fn new(p: nn::Path, cfg: &ModelConfig, rope: Option<&Rope>) -> Self {
+        let (c, d) = (cfg.n_embd, cfg.head_dim());
+        let qk_norm = |name| cfg.arch.qk_norm.then(|| RmsNorm::new(&p / name, d));
         CausalSelfAttention {
             c_attn: linear(&p / "c_attn", c, 3 * c, cfg, INIT_STD),
             c_proj: linear(&p / "c_proj", c, c, cfg, residual_std(cfg)),
+            q_norm: qk_norm("q_norm"),
+            k_norm: qk_norm("k_norm"),
+            rope: rope.map(Rope::share),
             n_head: cfg.n_head,
             dropout: cfg.dropout,
         }
@@ -49,6 +66,24 @@ impl CausalSelfAttention {
             .permute([2, 0, 3, 1, 4]) // -> (3, B, H, T, D)
     }
 
+    /// The new positions' q, k, v (3, B, H, T, D), at positions `at` -> the queries
+    /// (B, H, T, D) and the keys and values stacked (2, B, H, T, D), as attention compares
+    /// them: q and k normalised per head (QK-norm), then rotated to their positions
+    /// (RoPE), where the config says so; untouched views for GPT-2.
+    pub(super) fn place(&self, qkv: &Tensor, at: At) -> (Tensor, Tensor) {
+        if self.q_norm.is_none() && self.rope.is_none() {
+            return (qkv.get(0), qkv.narrow(0, 1, 2));
+        }
+        let (mut q, mut k) = (qkv.get(0), qkv.get(1));
+        if let (Some(q_norm), Some(k_norm)) = (&self.q_norm, &self.k_norm) {
+            (q, k) = (q_norm.forward(&q), k_norm.forward(&k));
+        }
+        if let Some(rope) = &self.rope {
+            (q, k) = (rope.rotate(&q, at), rope.rotate(&k, at));
+        }
+        (q, Tensor::stack(&[k, qkv.get(2)], 0))
+    }
+
     /// (B, H, T, D) -> (B, T, C), then the output projection (and residual dropout).
     fn merge(&self, y: Tensor, train: bool) -> Tensor {
         let (b, h, t, d) = y.size4().expect("attention output is (B, H, T, D)");
@@ -60,15 +95,12 @@ impl CausalSelfAttention {
     /// keys and values are appended to the cache and the queries attend to all of them.
     pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
         let qkv = self.qkv(x);
-        let q = qkv.get(0);
+        let t_past = cache.as_ref().map_or(0, |c| c.len());
+        let (q, kv_new) = self.place(&qkv, At::Start(t_past));
         let t_new = q.size()[2];
-        let (k, v, t_past) = match cache {
-            None => (qkv.get(1), qkv.get(2), 0),
-            Some(cache) => {
-                let t_past = cache.len();
-                let (k, v) = cache.append(&qkv.narrow(0, 1, 2)); // (B, H, T_past + T, D)
-                (k, v, t_past)
-            }
+        let (k, v) = match cache {
+            None => (kv_new.get(0), kv_new.get(1)),
+            Some(cache) => cache.append(&kv_new), // (B, H, T_past + T, D)
         };
         let dropout = if train { self.dropout } else { 0.0 };
         let mask = if t_past == 0 {
@@ -86,8 +118,8 @@ impl CausalSelfAttention {
     /// The same as `forward` without a cache, through the written-out reference kernel;
     /// also returns the attention weights, (B, H, T, T), rows summing to 1.
     pub fn forward_traced(&self, x: &Tensor) -> (Tensor, Tensor) {
-        let qkv = self.qkv(x);
-        let (y, att) = attention_reference(&qkv.get(0), &qkv.get(1), &qkv.get(2));
+        let (q, kv) = self.place(&self.qkv(x), At::Start(0));
+        let (y, att) = attention_reference(&q, &kv.get(0), &kv.get(1));
         (self.merge(y, false), att)
     }
 }

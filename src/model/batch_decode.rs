@@ -3,14 +3,15 @@
 //! [`Gpt::decode_rows`] advances every row of a [`SlotCache`] by one token. Unlike
 //! [`Gpt::forward_cached`], whose rows share one position, each row here sits at its own
 //! position `pos[b]` (requests joined at different times, with prompts of different
-//! lengths), so three things are per row: the position embedding (a gather of `wpe`
-//! rows), where the new key and value are written (an indexed store at `(b, pos[b])`),
+//! lengths), so three things are per row: the position (a gather of `wpe` rows, or of
+//! RoPE's cos and sin rows), where the new key and value are written (an indexed store at `(b, pos[b])`),
 //! and which cached keys the query may see (a mask `j ≤ pos[b]` over the longest row).
 //! Everything else is the same matrix products as a batch of one-token sequences: the
 //! weights stream from memory once per step, however many rows there are, which is
 //! why batching pays. `tests/serve.rs` holds every row to the uncached [`Gpt::forward`].
 
 use super::attention::{sdpa, Mask};
+use super::rope::At;
 use super::slot_cache::SlotCache;
 use super::{project, Block, CausalSelfAttention, Gpt};
 use tch::{Kind, Tensor};
@@ -52,12 +53,16 @@ impl Gpt {
             keys,
         };
         let ids = Tensor::from_slice(tokens).to(device);
-        let mut x = self.wte.ws.index_select(0, &ids) + self.wpe.ws.index_select(0, &rows.pos); // (B, C)
+        let tokens = self.wte.ws.index_select(0, &ids); // (B, C)
+        let mut x = match &self.wpe {
+            Some(wpe) => tokens + wpe.ws.index_select(0, &rows.pos),
+            None => tokens,
+        };
         for (i, block) in self.h.iter().enumerate() {
             x = block.decode_rows(&x, cache.layer(i), &rows);
         }
         cache.advance_all();
-        self.ln_f.forward(&x).matmul(&self.wte.ws.tr()) // (B, C) · (C, V) -> (B, V)
+        self.ln_f.forward(&x).matmul(&self.head_weight().tr()) // (B, C) · (C, V) -> (B, V)
     }
 }
 
@@ -75,14 +80,18 @@ impl CausalSelfAttention {
     fn decode_rows(&self, x: &Tensor, kv: &Tensor, rows: &Rows) -> Tensor {
         let (b, c) = x.size2().expect("decode input is (B, C)");
         let d = c / self.n_head;
-        let qkv = project(x, &self.c_attn).view([b, 3, self.n_head, d]); // (B, 3C) -> (B, 3, H, D)
-                                                                         // Store row b's key and value at (b, pos[b]): indexing dims 1 and 3 of the buffer
-                                                                         // addresses a (B, 2, H, D) block, which is what qkv[:, 1..3] is.
+        let qkv = project(x, &self.c_attn)
+            .view([b, 3, self.n_head, d]) // (B, 3C) -> (B, 3, H, D)
+            .transpose(0, 1)
+            .unsqueeze(3); // -> (3, B, H, 1, D)
+        let (q, kv_new) = self.place(&qkv, At::Rows(&rows.pos)); // (B, H, 1, D), (2, B, H, 1, D)
+                                                                 // Store row b's key and value at (b, pos[b]): indexing dims 1 and 3 of the buffer
+                                                                 // addresses a (B, 2, H, D) block.
+        let kv_new = kv_new.squeeze_dim(3).transpose(0, 1); // (2, B, H, D) -> (B, 2, H, D)
         let mut kv = kv.shallow_clone();
         let at = [None, Some(&rows.index), None, Some(&rows.pos)];
-        let _ = kv.index_put_(&at, &qkv.narrow(1, 1, 2), false);
+        let _ = kv.index_put_(&at, &kv_new, false);
         let past = kv.narrow(1, 0, b).narrow(3, 0, rows.keys); // (2, B, H, keys, D)
-        let q = qkv.select(1, 0).unsqueeze(2); // (B, H, 1, D)
         let y = sdpa(
             &q,
             &past.get(0),

@@ -12,6 +12,7 @@
 
 use super::attention::{sdpa, Mask};
 use super::kv_cache::{KvCache, LayerCache};
+use super::rope::At;
 use super::{project, Block, CausalSelfAttention, Gpt};
 use tch::Tensor;
 
@@ -23,12 +24,16 @@ impl Gpt {
             cache.room() >= 1 && cache.batch_size() <= 1,
             "decode_one needs room in a cache of one row; callers slide first"
         );
-        let mut x = self.wte.ws.get(token) + self.wpe.ws.get(cache.pos()); // (C,)
+        let token = self.wte.ws.get(token); // (C,), a view of the weights: never add in place
+        let mut x = match &self.wpe {
+            Some(wpe) => token + wpe.ws.get(cache.pos()),
+            None => token,
+        };
         for (block, layer) in self.h.iter().zip(cache.layers_mut()) {
             x = block.decode_one(&x, layer);
         }
         cache.advance(1);
-        self.wte.ws.mv(&self.ln_f.forward(&x)) // (V, C) · (C,) -> (V,)
+        self.head_weight().mv(&self.ln_f.forward(&x)) // (V, C) · (C,) -> (V,)
     }
 }
 
@@ -49,9 +54,10 @@ impl CausalSelfAttention {
         let d = c / self.n_head;
         // For B = T = 1 the (3C,) projection already is (3, B, H, T, D) in memory.
         let qkv = project(x, &self.c_attn).view([3, 1, self.n_head, 1, d]);
-        let (k, v) = cache.append(&qkv.narrow(0, 1, 2)); // (1, H, T_past + 1, D)
-                                                         // The one query is the newest position: it may see every key, so no mask.
-        let y = sdpa(&qkv.get(0), &k, &v, Mask::None, 0.0); // (1, H, 1, D)
+        let (q, kv_new) = self.place(&qkv, At::Start(cache.len()));
+        let (k, v) = cache.append(&kv_new); // (1, H, T_past + 1, D)
+                                            // The one query is the newest position: it may see every key, so no mask.
+        let y = sdpa(&q, &k, &v, Mask::None, 0.0); // (1, H, 1, D)
         project(&y.view([c]), &self.c_proj)
     }
 }

@@ -3,8 +3,9 @@
 //! backward) that model-FLOPs utilisation (MFU) divides by.
 //!
 //! Only matrix multiplications are counted: a multiply-add of an (m×k)·(k×n) product is
-//! 2·m·k·n FLOPs, and LayerNorm, GELU, softmax and the residual adds are a few FLOPs per
-//! *activation*, not per *weight*, which is negligible at any useful width. Embedding
+//! 2·m·k·n FLOPs, and the norms, the nonlinearity, RoPE's rotations, softmax and the
+//! residual adds are a few FLOPs per *activation*, not per *weight*, which is negligible
+//! at any useful width. Embedding
 //! lookups are gathers, not FLOPs. Per token and per layer, with `C = n_embd`,
 //! `T = block_size` and `V = vocab_size`:
 //!
@@ -42,7 +43,7 @@ pub struct FlopsBreakdown {
     pub attention: f64,
     /// All layers' MLPs (16·C² each).
     pub mlp: f64,
-    /// The tied head that scores the vocabulary (2·C·V).
+    /// The head that scores the vocabulary (2·C·V), tied to `wte` or not.
     pub head: f64,
 }
 

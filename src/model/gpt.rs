@@ -2,18 +2,29 @@
 //! and a head that reuses the token embedding matrix (weight tying, Press & Wolf 2017:
 //! the same vectors read tokens in and score them out, which saves `V·C` parameters and
 //! trains better on small data). The architecture of nanoGPT's `model.py`.
+//!
+//! With the config's options ([`crate::config::Arch`]): no `wpe` when positions are
+//! rotary (RoPE acts inside attention), RMSNorm for the norms, and an untied head, a
+//! matrix `lm_head` (V, C) of its own. The speedrun starts that head at zero, and so do
+//! we: every logit is 0 at step 0, the prediction is uniform (the loss exactly ln V),
+//! and the head grows from the gradient alone instead of scoring with random vectors.
+//! A zero head passes no gradient back at the first step, so that step trains the head
+//! alone; the body follows from the second.
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Positions};
 use crate::model::kv_cache::KvCache;
-use crate::model::{dropout, Block, LayerNorm, INIT_STD};
+use crate::model::{dropout, Block, Norm, Rope, INIT_STD};
 use tch::{nn, Reduction, Tensor};
 
 #[derive(Debug)]
 pub struct Gpt {
     pub(super) wte: nn::Embedding,
-    pub(super) wpe: nn::Embedding,
+    /// The learned positions, (block_size, C); `None` with RoPE.
+    pub(super) wpe: Option<nn::Embedding>,
     pub(super) h: Vec<Block>,
-    pub(super) ln_f: LayerNorm,
+    pub(super) ln_f: Norm,
+    /// The untied head (V, C); `None` when the head is `wte` (tied, GPT-2).
+    pub(super) lm_head: Option<Tensor>,
     cfg: ModelConfig,
 }
 
@@ -36,13 +47,23 @@ impl Gpt {
             },
             ..Default::default()
         };
+        let learned = cfg.arch.pos == Positions::Learned;
+        let rope = (!learned).then(|| Rope::new(cfg.block_size, cfg.head_dim(), p.device()));
         Gpt {
             wte: nn::embedding(p / "wte", cfg.vocab_size, cfg.n_embd, emb),
-            wpe: nn::embedding(p / "wpe", cfg.block_size, cfg.n_embd, emb),
+            wpe: learned.then(|| nn::embedding(p / "wpe", cfg.block_size, cfg.n_embd, emb)),
             h: (0..cfg.n_layer)
-                .map(|i| Block::new(p / "h" / i, cfg))
+                .map(|i| Block::new(p / "h" / i, cfg, rope.as_ref()))
                 .collect(),
-            ln_f: LayerNorm::new(p / "ln_f", cfg.n_embd, cfg.bias),
+            ln_f: Norm::new(p / "ln_f", cfg),
+            lm_head: (!cfg.arch.tied_head).then(|| {
+                let head = p / "lm_head";
+                head.var(
+                    "weight",
+                    &[cfg.vocab_size, cfg.n_embd],
+                    nn::Init::Const(0.0),
+                )
+            }),
             cfg: cfg.clone(),
         }
     }
@@ -51,7 +72,8 @@ impl Gpt {
         &self.cfg
     }
 
-    /// Token plus position embeddings for ids `idx` (B, T) at positions `pos0..pos0+T`.
+    /// Token plus position embeddings for ids `idx` (B, T) at positions `pos0..pos0+T`
+    /// (token embeddings alone with RoPE, whose positions enter in attention).
     fn embed(&self, idx: &Tensor, pos0: i64, train: bool) -> Tensor {
         let t = idx.size()[1];
         assert!(
@@ -60,13 +82,24 @@ impl Gpt {
             pos0 + t,
             self.cfg.block_size
         );
-        let pos = self.wpe.ws.narrow(0, pos0, t); // rows pos0..pos0+T of the table: (T, C)
-        dropout(idx.apply(&self.wte) + pos, self.cfg.dropout, train) // (B, T, C)
+        let tokens = idx.apply(&self.wte); // (B, T, C)
+        let x = match &self.wpe {
+            Some(wpe) => tokens + wpe.ws.narrow(0, pos0, t), // rows pos0..pos0+T: (T, C)
+            None => tokens,
+        };
+        dropout(x, self.cfg.dropout, train)
     }
 
-    /// The final norm and the tied head: (B, T, C) -> logits (B, T, V).
+    /// The head's matrix (V, C): `lm_head`, or `wte` when tied.
+    pub fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.wte.ws)
+    }
+
+    /// The final norm and the head: (B, T, C) -> logits (B, T, V).
     pub fn head(&self, x: &Tensor) -> Tensor {
-        self.ln_f.forward(x).linear::<Tensor>(&self.wte.ws, None)
+        self.ln_f
+            .forward(x)
+            .linear::<Tensor>(self.head_weight(), None)
     }
 
     /// The reference forward pass, no cache: ids (B, T) -> logits (B, T, V).

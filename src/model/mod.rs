@@ -1,7 +1,11 @@
 //! The GPT, one layer per file, in the order data flows through it:
-//! [`attention`] → [`mlp`] → [`block`] → [`gpt`]. Parameter names follow GPT-2 and
-//! nanoGPT (`wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.c_attn`, …, `ln_f`), so weights
-//! move between sympathy and the PyTorch world by name.
+//! [`norm`] → [`attention`] (with [`rope`]) → [`mlp`] → [`block`] → [`gpt`]. Parameter
+//! names follow GPT-2 and nanoGPT (`wte`, `wpe`, `h.{i}.ln_1`, `h.{i}.attn.c_attn`, …,
+//! `ln_f`, `lm_head`), so weights move between sympathy and the PyTorch world by name.
+//!
+//! GPT-2 is the default; [`crate::config::Arch`] names the speedrun's changes to it
+//! (RoPE, RMSNorm, QK-norm, ReLU², an untied head, zero-initialised residual
+//! projections), each implemented where its layer is.
 //!
 //! Beside the layers: the [`kv_cache`] that the cached forward takes, the one-token
 //! fast path of generation ([`decode`]), the server's per-row cache ([`slot_cache`]) and
@@ -15,6 +19,8 @@ pub mod flops;
 pub mod gpt;
 pub mod kv_cache;
 pub mod mlp;
+pub mod norm;
+pub mod rope;
 pub mod slot_cache;
 
 pub use attention::CausalSelfAttention;
@@ -22,6 +28,8 @@ pub use block::Block;
 pub use gpt::{Gpt, Trace};
 pub use kv_cache::{KvCache, LayerCache};
 pub use mlp::Mlp;
+pub use norm::{LayerNorm, Norm, RmsNorm};
+pub use rope::Rope;
 pub use slot_cache::SlotCache;
 
 use crate::config::ModelConfig;
@@ -44,7 +52,8 @@ pub fn bits_per_byte(nats_per_token: f64, bytes_per_token: f64) -> f64 {
 pub const INIT_STD: f64 = 0.02;
 
 /// A Linear layer initialised N(0, std²) with a zero bias, as GPT-2 does (PyTorch's
-/// default Kaiming-uniform init trains noticeably worse for transformers).
+/// default Kaiming-uniform init trains noticeably worse for transformers); std 0 gives
+/// zeros without drawing from the generator.
 pub(crate) fn linear(
     p: nn::Path,
     n_in: i64,
@@ -52,11 +61,16 @@ pub(crate) fn linear(
     cfg: &ModelConfig,
     std: f64,
 ) -> nn::Linear {
-    let config = nn::LinearConfig {
-        ws_init: nn::Init::Randn {
+    let ws_init = if std == 0.0 {
+        nn::Init::Const(0.0)
+    } else {
+        nn::Init::Randn {
             mean: 0.0,
             stdev: std,
-        },
+        }
+    };
+    let config = nn::LinearConfig {
+        ws_init,
         bs_init: Some(nn::Init::Const(0.0)),
         bias: cfg.bias,
     };
@@ -93,37 +107,14 @@ pub(crate) fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
 }
 
 /// The init std of the projections that write into the residual stream: GPT-2 scales
-/// them by 1/sqrt(2·L) because each of the 2·L residual branches adds variance.
+/// them by 1/sqrt(2·L) because each of the 2·L residual branches adds variance. With
+/// `zero_init` (the speedrun's) they start at 0: every block is then the identity at
+/// step 0, and the first gradients reach the embeddings undisturbed by random branches.
 pub(crate) fn residual_std(cfg: &ModelConfig) -> f64 {
+    if cfg.arch.zero_init {
+        return 0.0;
+    }
     INIT_STD / ((2 * cfg.n_layer) as f64).sqrt()
-}
-
-/// LayerNorm (Ba et al. 2016) with an optional bias; eps 1e-5 as in GPT-2. Written here
-/// rather than taken from `tch::nn` because nanoGPT's `bias=False` drops the bias too.
-#[derive(Debug)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Option<Tensor>,
-    size: i64,
-}
-
-impl LayerNorm {
-    pub fn new(p: nn::Path, size: i64, bias: bool) -> Self {
-        let weight = p.var("weight", &[size], nn::Init::Const(1.0));
-        let bias = bias.then(|| p.var("bias", &[size], nn::Init::Const(0.0)));
-        LayerNorm { weight, bias, size }
-    }
-
-    /// x: (…, C) -> (…, C), normalised over the last dimension.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm(
-            [self.size],
-            Some(&self.weight),
-            self.bias.as_ref(),
-            1e-5,
-            true,
-        )
-    }
 }
 
 #[cfg(test)]

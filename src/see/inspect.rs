@@ -92,8 +92,9 @@ pub struct Report {
 }
 
 /// The parameter tensors of `vs` in the order data meets them: `wte`, `wpe`, then each
-/// block (`ln_1`, `attn.c_attn`, `attn.c_proj`, `ln_2`, `mlp.c_fc`, `mlp.c_proj`, weight
-/// before bias), then `ln_f`. The head has no row: it is `wte.weight`, tied.
+/// block (`ln_1`, `attn.c_attn`, `attn.q_norm`, `attn.k_norm`, `attn.c_proj`, `ln_2`,
+/// `mlp.c_fc`, `mlp.c_proj`, weight before bias), then `ln_f` and an untied `lm_head`.
+/// A tied head has no row: it is `wte.weight`.
 pub fn parameter_rows(vs: &nn::VarStore) -> Vec<ParamRow> {
     let mut rows: Vec<ParamRow> = vs
         .variables()
@@ -121,12 +122,15 @@ fn model_order(name: &str) -> (u8, i64, u8, bool, String) {
         "wpe" => 1,
         "h" => 2,
         "ln_f" => 3,
-        _ => 4,
+        "lm_head" => 4,
+        _ => 5,
     };
     let layer = parts.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    const PIECES: [&str; 6] = [
+    const PIECES: [&str; 8] = [
         "ln_1",
         "c_attn",
+        "q_norm",
+        "k_norm",
         "attn.c_proj",
         "ln_2",
         "c_fc",
@@ -302,13 +306,13 @@ pub fn render(r: &Report) -> String {
     s
 }
 
-/// The architecture line.
+/// The architecture lines: the shape, then the options.
 fn render_model(s: &mut String, r: &Report) {
     let m = &r.model;
     let _ = writeln!(s, "model {}", r.source);
     let _ = writeln!(
         s,
-        "  {} layers, {} heads of width {}, n_embd {}, context {}, vocab {}, bias {}, dropout {}\n",
+        "  {} layers, {} heads of width {}, n_embd {}, context {}, vocab {}, bias {}, dropout {}",
         m.n_layer,
         m.n_head,
         m.head_dim(),
@@ -317,6 +321,25 @@ fn render_model(s: &mut String, r: &Report) {
         m.vocab_size,
         m.bias,
         m.dropout
+    );
+    let a = &m.arch;
+    let _ = writeln!(
+        s,
+        "  positions {}, norm {}, qk-norm {}, mlp {}, head {}, residual projections {}\n",
+        a.pos,
+        a.norm,
+        if a.qk_norm { "on" } else { "off" },
+        a.mlp,
+        if a.tied_head {
+            "tied to wte"
+        } else {
+            "untied (lm_head)"
+        },
+        if a.zero_init {
+            "zero at init"
+        } else {
+            "N(0, 0.02²/2L) at init"
+        }
     );
 }
 
@@ -359,10 +382,13 @@ fn render_params(s: &mut String, r: &Report) {
         thousands(r.total_params),
         100.0
     );
-    let _ = writeln!(
-        s,
-        "  the head reuses wte.weight (tied), so it has no row of its own\n"
-    );
+    if r.model.arch.tied_head {
+        let _ = writeln!(
+            s,
+            "  the head reuses wte.weight (tied), so it has no row of its own"
+        );
+    }
+    let _ = writeln!(s);
 }
 
 /// What one training step holds in memory, and why.

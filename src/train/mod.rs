@@ -197,8 +197,12 @@ impl<'a> Run<'a> {
             }
         };
         say(streams.report.summary());
+        let arch = match cfg.arch.changes() {
+            c if c.is_empty() => String::new(),
+            c => format!(", {}", c.join(" ")),
+        };
         say(format!(
-            "model: {} parameters ({:.2}M), {} layers, {} heads, n_embd {}, context {}; {} tokens/step on {:?}{}",
+            "model: {} parameters ({:.2}M), {} layers, {} heads, n_embd {}, context {}{arch}; {} tokens/step on {:?}{}",
             trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device, ranks.describe()
         ));
         let schedule = LrSchedule::new(tcfg);

@@ -14,8 +14,9 @@
 //!
 //! Decayed tensors come first, so weight decay is one boundary in the buffer. The decay
 //! groups are nanoGPT's: every tensor with 2 or more dimensions (the Linear weights and
-//! the embeddings, tied head included) decays; biases and LayerNorm gains do not, since
-//! pulling a gain or a bias towards 0 is not regularisation.
+//! the embeddings, an untied `lm_head` as `wte`) decays; biases and the gains of
+//! LayerNorm, RMSNorm and QK-norm do not, since pulling a gain or a bias towards 0 is
+//! not regularisation.
 //!
 //! Data-parallel replicas ([`super::data_parallel`]) share the value buffer and keep
 //! gradient buffers of their own, laid out the same way ([`FlatParams::share_weights`]).

@@ -73,3 +73,38 @@ pub fn train_tiny(corpus: &Path, out: &Path, steps: u64, extra: &[&str]) -> Outp
     assert!(o.status.success(), "train failed: {}", stderr(&o));
     o
 }
+
+/// The architectures the model tests cover: GPT-2, the speedrun's six options together
+/// (`--arch modern`), and each option alone.
+pub fn architectures() -> Vec<sympathy::config::Arch> {
+    use sympathy::config::{Activation, Arch, Normalization, Positions};
+    let gpt2 = Arch::default;
+    vec![
+        gpt2(),
+        Arch::modern(),
+        Arch {
+            pos: Positions::Rope,
+            ..gpt2()
+        },
+        Arch {
+            norm: Normalization::RmsNorm,
+            ..gpt2()
+        },
+        Arch {
+            qk_norm: true,
+            ..gpt2()
+        },
+        Arch {
+            mlp: Activation::Relu2,
+            ..gpt2()
+        },
+        Arch {
+            tied_head: false,
+            ..gpt2()
+        },
+        Arch {
+            zero_init: true,
+            ..gpt2()
+        },
+    ]
+}
