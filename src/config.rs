@@ -148,7 +148,7 @@ impl Optimizer {
 
 /// `--muon-lr` when none is given (and in runs saved before Muon): measured on the
 /// small preset, see `train::muon`.
-pub const DEFAULT_MUON_LR: f64 = 0.02;
+pub const DEFAULT_MUON_LR: f64 = 0.05;
 
 fn default_muon_lr() -> f64 {
     DEFAULT_MUON_LR

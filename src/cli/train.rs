@@ -131,7 +131,7 @@ pub(crate) struct TrainFlags {
     /// --resume, the checkpoint's]
     #[arg(long, value_enum)]
     optimizer: Option<Optimizer>,
-    /// Muon's peak learning rate; it follows --lr's schedule [default: 0.02]
+    /// Muon's peak learning rate; it follows --lr's schedule [default: 0.05]
     #[arg(long)]
     muon_lr: Option<f64>,
     /// Muon's (Nesterov) momentum [default: 0.95]
