@@ -227,6 +227,16 @@ pub struct TrainConfig {
     pub eps: f64,
     /// Gradients are rescaled so that their global L2 norm is at most this (0 = off).
     pub grad_clip: f64,
+    /// What updates the hidden matrices of the blocks (AdamW for runs saved before
+    /// there was a choice); everything else is always AdamW's.
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// Muon's peak learning rate; the schedule scales it as it scales `lr`.
+    #[serde(default = "default_muon_lr")]
+    pub muon_lr: f64,
+    /// Muon's momentum μ (Nesterov).
+    #[serde(default = "default_muon_momentum")]
+    pub muon_momentum: f64,
     pub eval_every: u64,
     /// Validation loss is the mean over this many fixed windows of the validation stream.
     pub eval_windows: i64,
@@ -251,6 +261,43 @@ pub enum Schedule {
     /// run, whose end is `max_steps` or the `max_minutes` deadline, whichever the run
     /// reaches first: a run cut by time still ends annealed, on any machine.
     Budget,
+}
+
+/// Which optimizer updates the 2-D weight matrices inside the blocks (attention's
+/// `c_attn`, `c_proj`, the MLP's `c_fc`, `c_proj`). The embeddings, LayerNorms and
+/// biases are AdamW's either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// AdamW for every parameter.
+    #[default]
+    #[value(name = "adamw")]
+    AdamW,
+    /// Muon (momentum, orthogonalised by Newton–Schulz) for the hidden matrices; see
+    /// `train::muon`.
+    Muon,
+}
+
+impl Optimizer {
+    /// The name on the command line and in `state.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Optimizer::AdamW => "adamw",
+            Optimizer::Muon => "muon",
+        }
+    }
+}
+
+/// `--muon-lr` when none is given (and in runs saved before Muon): measured on the
+/// small preset, see `train::muon`.
+pub const DEFAULT_MUON_LR: f64 = 0.05;
+
+fn default_muon_lr() -> f64 {
+    DEFAULT_MUON_LR
+}
+
+fn default_muon_momentum() -> f64 {
+    0.95
 }
 
 /// Named defaults. `tiny` is for tests, `small` is the CPU default of `make demo`,
@@ -300,6 +347,9 @@ impl Preset {
             beta2: 0.99,
             eps: 1e-8,
             grad_clip: 1.0,
+            optimizer: Optimizer::AdamW,
+            muon_lr: DEFAULT_MUON_LR,
+            muon_momentum: default_muon_momentum(),
             eval_every: 250,
             eval_windows: 256,
             checkpoint_every: 500,
@@ -373,6 +423,18 @@ impl TrainConfig {
         }
         if self.stop_at_step == Some(0) {
             return Err(Error::config("--stop-at-step", "must be at least 1"));
+        }
+        if !(self.muon_lr > 0.0 && self.muon_lr.is_finite()) {
+            return Err(Error::config(
+                "--muon-lr",
+                format!("must be a positive number, got {}", self.muon_lr),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.muon_momentum) {
+            return Err(Error::config(
+                "--muon-momentum",
+                format!("must be in [0, 1), got {}", self.muon_momentum),
+            ));
         }
         for (flag, v) in [
             ("--min-lr", self.min_lr),

@@ -56,6 +56,16 @@ fn bench_train_json(extra: &[&str]) -> Value {
     json(&[&["bench", "train", "--json", "--n-layer", "1"], TINY, extra].concat())
 }
 
+/// `--optimizer muon` times Muon's steps, and the report names the optimizer.
+#[test]
+fn bench_train_takes_muon() {
+    let args = ["--batch-size", "4", "--steps", "3", "--warmup", "1"];
+    let muon = bench_train_json(&[&args[..], &["--optimizer", "muon"]].concat());
+    assert_eq!(muon["optimizer"], "muon");
+    positive(&muon, "ms_optimizer");
+    assert!(muon["loss"].as_f64().unwrap().is_finite());
+}
+
 #[test]
 fn bench_train_json_reports_the_stable_fields() {
     let v = bench_train_json(&["--batch-size", "4", "--steps", "3", "--warmup", "1"]);
@@ -70,6 +80,7 @@ fn bench_train_json_reports_the_stable_fields() {
     ] {
         positive(&v, f);
     }
+    assert_eq!(v["optimizer"], "adamw");
     // The products' efficiency is their FLOPs over their time, against the same peak.
     let cfg = ModelConfig {
         n_layer: 1,

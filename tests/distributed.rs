@@ -116,6 +116,25 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     assert_eq!(losses(&run).len() as u64, STEPS);
 }
 
+/// With Muon, every rank orthogonalises the same averaged gradient: the ranks stay
+/// identical (each run checks that at its end, bit for bit, against rank 0) and train
+/// as one process does. The bounds are the AdamW run's: Newton–Schulz starts by
+/// dividing by the update's norm, so a few ulps of difference in the gradient stay a
+/// relative difference of the same order in the step.
+#[test]
+fn two_ranks_train_with_muon_as_one_process() {
+    let r = reference();
+    let (one, two) = (r.dir.join("muon-one-process"), r.dir.join("muon-two-ranks"));
+    let o = train(&r.corpus, &one, &["--optimizer", "muon"]);
+    assert!(o.status.success(), "one process: {}", stderr(&o));
+    let o = train(&r.corpus, &two, &["--nproc", "2", "--optimizer", "muon"]);
+    assert!(o.status.success(), "--nproc 2: {}", stderr(&o));
+    assert_same_losses(&losses(&two), &losses(&one));
+    let diff = max_weight_difference(&two, &one);
+    println!("Muon, 2 ranks against 1 process: weights differ by {diff:.2e}");
+    assert!(diff <= 1e-4, "weights differ by {diff:.2e}");
+}
+
 #[test]
 fn a_two_rank_run_resumes_in_one_process_as_the_same_run() {
     let r = reference();

@@ -1,15 +1,17 @@
 //! The optimizer and the parameters it updates: the fused AdamW agrees with the
-//! written-out reference, gradients accumulate into the flat buffer, and data-parallel
-//! workers sum to the whole batch's gradient.
+//! written-out reference, gradients accumulate into the flat buffer, data-parallel
+//! workers sum to the whole batch's gradient, and Muon orthogonalises its updates,
+//! takes the hidden matrices (AdamW the rest), and agrees with a PyTorch Muon.
 
 mod common;
 
 use std::sync::Mutex;
-use sympathy::config::Preset;
+use sympathy::config::{Optimizer, Preset, TrainConfig};
 use sympathy::model::Gpt;
 use sympathy::run::checkpoint::OptimizerState;
 use sympathy::train::data_parallel::DataParallel;
-use sympathy::train::optim::AdamW;
+use sympathy::train::muon::{newton_schulz, NS_STEPS};
+use sympathy::train::optim::{AdamW, Optimizers};
 use sympathy::train::params::FlatParams;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -288,4 +290,283 @@ fn data_parallel_workers_sum_to_the_whole_batch_gradient() {
         (g, grads(&vs))
     };
     assert_eq!(max_abs_diff(&again.0, &again.1), 0.0, "deterministic");
+}
+
+// ---------------------------------------------------------------------------------
+// Muon
+// ---------------------------------------------------------------------------------
+
+/// Newton–Schulz keeps G's singular vectors and maps its singular values into the
+/// quintic's band. Reference: libtorch's SVD of G in f64, `G = U·S·Vᵀ` (`Tensor::svd`;
+/// `linalg_svd` takes a driver name, which the CPU refuses). If NS(G) = U·diag(s')·Vᵀ,
+/// then `Uᵀ·NS(G)·V` is `diag(s')`: its off-diagonal entries must vanish and its
+/// diagonal lie in the band.
+///
+/// The band: five steps of σ ↦ 3.4445σ − 4.7750σ³ + 2.0315σ⁵ map every σ in
+/// [0.0015, 1] into [0.6801, 1.2024] (evaluated on a grid of 2·10⁶ points in f64);
+/// dividing G by its Frobenius norm puts every σ below 1, and for these random shapes
+/// above 0.0015 (checked). NS runs in f32: 15 products of reduction length ≤ 192, each
+/// rounding an entry by at most 192·2⁻²⁴ ≈ 1.1e-5 of the magnitudes it sums (≤ 1 here,
+/// since every σ ≤ 1.21), so the entries of `Uᵀ·NS(G)·V` may move by ≈ 2e-4 in the worst
+/// case on any IEEE-754 machine (x86-64 of any vector width, aarch64): [`NS_TOL`]. A
+/// wrong orientation or a lost transpose changes them by O(0.1).
+#[test]
+fn newton_schulz_keeps_the_singular_vectors_and_maps_the_values_into_a_band() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(11);
+    for shape in [[64, 192], [192, 64]] {
+        let g = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+        let o = newton_schulz(&g, NS_STEPS);
+        assert_eq!(o.size(), shape, "shaped like G");
+        let g = g.to_kind(Kind::Double);
+        let (u, s, v) = g.svd(true, true); // (r, k), (k), (c, k); k = min(r, c)
+        let smallest = s.min().double_value(&[]) / g.norm().double_value(&[]);
+        assert!(smallest > 0.0015, "{shape:?}: σ_min/‖G‖ = {smallest}");
+        let d = u
+            .transpose(0, 1)
+            .matmul(&o.to_kind(Kind::Double))
+            .matmul(&v); // (k, k)
+        let diag = d.diagonal(0, 0, 1);
+        let off = (&d - diag.diag_embed(0, 0, 1))
+            .abs()
+            .max()
+            .double_value(&[]);
+        let (lo, hi) = (diag.min().double_value(&[]), diag.max().double_value(&[]));
+        println!("{shape:?}: s' in [{lo:.4}, {hi:.4}], off-diagonal ≤ {off:.1e}");
+        assert!(off <= NS_TOL, "{shape:?}: off-diagonal {off:e}");
+        assert!(
+            lo >= 0.6801 - NS_TOL && hi <= 1.2024 + NS_TOL,
+            "{shape:?}: s' in [{lo}, {hi}]"
+        );
+        // Not the SVD in disguise: five steps leave the values spread over the band.
+        assert!(hi - lo > 0.1, "{shape:?}: s' in [{lo}, {hi}]");
+    }
+}
+
+/// See [`newton_schulz_keeps_the_singular_vectors_and_maps_the_values_into_a_band`].
+const NS_TOL: f64 = 5e-4;
+
+/// The block matrices of a `n_layer`-layer GPT, by GPT-2 name: what Muon must get.
+fn hidden_matrix_names(n_layer: i64) -> Vec<String> {
+    let mut names: Vec<String> = (0..n_layer)
+        .flat_map(|i| {
+            ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+                .map(|m| format!("h.{i}.{m}.weight"))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_hidden_matrices_go_to_muon_and_everything_else_to_adamw() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Preset::Tiny.model(131);
+    let tcfg = TrainConfig {
+        optimizer: Optimizer::Muon,
+        ..Preset::Tiny.train()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = Gpt::new(&vs.root(), &cfg);
+    let params = FlatParams::grouped(&vs, Optimizer::Muon);
+    let muon: Vec<&str> = params
+        .params()
+        .iter()
+        .filter(|p| p.muon)
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(muon, hidden_matrix_names(cfg.n_layer));
+    // Muon's come after AdamW's in the buffers, and Muon does not decay them.
+    for p in params.params() {
+        let end = p.offset + p.tensor.numel() as i64;
+        if p.muon {
+            assert!(p.offset >= params.n_adamw() && !p.decay, "{}", p.name);
+        } else {
+            assert!(end <= params.n_adamw(), "{}", p.name);
+            assert_eq!(p.decay, p.tensor.dim() >= 2, "{}", p.name);
+        }
+    }
+    // The saved state: Muon's momentum per hidden matrix, AdamW's moments for the rest.
+    let names: Vec<String> = Optimizers::new(&params, &tcfg)
+        .state_tensors()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    for p in params.params() {
+        let has = |prefix: &str| names.contains(&format!("{prefix}.{}", p.name));
+        assert_eq!(
+            (has("momentum"), has("m"), has("v")),
+            (p.muon, !p.muon, !p.muon),
+            "{}",
+            p.name
+        );
+    }
+    // Without Muon, AdamW has every parameter, laid out as before.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = Gpt::new(&vs.root(), &cfg);
+    let plain = FlatParams::grouped(&vs, Optimizer::AdamW);
+    assert!(plain.params().iter().all(|p| !p.muon));
+    assert_eq!(plain.n_adamw(), plain.values().numel() as i64);
+}
+
+/// An independent Muon (and PyTorch's own AdamW for the other parameters), in PyTorch.
+/// It reads the starting weights `w.NAME` and each step's gradients `gK.NAME` from
+/// argv[1], the settings from argv[2] (JSON), and writes the weights after the last step
+/// and Muon's momenta to argv[3]. It picks the hidden matrices by name itself.
+const MUON_REFERENCE_PY: &str = r#"
+import json, re, sys
+import torch
+from safetensors.torch import load_file, save_file
+
+def newton_schulz(G, steps=5):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.float()
+    X = X / (X.norm() + 1e-7)
+    tall = G.size(0) > G.size(1)
+    if tall:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.T if tall else X
+
+d = load_file(sys.argv[1])
+h = json.loads(sys.argv[2])
+names = sorted(k[2:] for k in d if k.startswith("w."))
+hidden = [n for n in names if re.fullmatch(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight", n)]
+w = {n: d["w." + n].clone().requires_grad_() for n in names}
+others = [n for n in names if n not in hidden]
+adamw = torch.optim.AdamW(
+    [{"params": [w[n] for n in others if w[n].dim() >= 2], "weight_decay": h["weight_decay"]},
+     {"params": [w[n] for n in others if w[n].dim() < 2], "weight_decay": 0.0}],
+    lr=h["lr"], betas=(h["beta1"], h["beta2"]), eps=h["eps"])
+momentum = {n: torch.zeros_like(w[n]) for n in hidden}
+mu = h["muon_momentum"]
+for k, lr in enumerate(h["lrs"]):
+    for n in others:
+        w[n].grad = d[f"g{k}.{n}"]
+    for group in adamw.param_groups:
+        group["lr"] = lr
+    adamw.step()
+    muon_lr = h["muon_lr"] * lr / h["lr"]
+    with torch.no_grad():
+        for n in hidden:
+            g = d[f"g{k}.{n}"]
+            momentum[n].mul_(mu).add_(g)
+            u = g.add(momentum[n], alpha=mu)
+            scale = max(1.0, g.size(0) / g.size(1)) ** 0.5
+            w[n].add_(newton_schulz(u), alpha=-muon_lr * scale)
+out = {"w." + n: w[n].detach() for n in names}
+out.update({"momentum." + n: momentum[n] for n in hidden})
+save_file(out, sys.argv[3])
+"#;
+
+/// Three steps of `Optimizers` with Muon (on the tiny GPT's own gradients, clipped, at
+/// falling rates) against [`MUON_REFERENCE_PY`] fed the same gradients. Compared: each
+/// parameter's whole update `w_3 − w_0` and Muon's momenta, relative to their norms.
+/// Bound, for any x86-64: the Muon update is NS of the same f32 inputs, whose rounding
+/// moves it by ≤ 2e-4 of its size (see [`NS_TOL`]); AdamW's fused loop sits within 8
+/// ulps of PyTorch's single-tensor update per element (see [`ULPS`]), ≈ 1e-6 of the
+/// step. [`PARITY_TOL`] = 1e-3 is above both; a wrong coefficient, scale, momentum or
+/// rate, or a matrix updated by both optimizers, is off by ≥ 1e-2.
+#[test]
+fn muon_and_adamw_steps_match_a_pytorch_reference() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = Preset::Tiny.model(131);
+    let tcfg = TrainConfig {
+        optimizer: Optimizer::Muon,
+        lr: 1e-2,
+        ..Preset::Tiny.train()
+    };
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Gpt::new(&vs.root(), &cfg);
+    let mut params = FlatParams::grouped(&vs, Optimizer::Muon);
+    let mut opt = Optimizers::new(&params, &tcfg);
+    let window = Tensor::randint(131, [4, cfg.block_size + 1], (Kind::Int64, Device::Cpu));
+    let (x, y) = (window.narrow(1, 0, 16), window.narrow(1, 1, 16));
+    let before = snapshot(&vs);
+    let mut dump: Vec<(String, Tensor)> = before
+        .iter()
+        .map(|(n, t)| (format!("w.{n}"), t.copy()))
+        .collect();
+    let lrs = [1e-2, 6e-3, 3e-3];
+    for (k, &lr) in lrs.iter().enumerate() {
+        gradients(&model, &mut params, &x, &y);
+        dump.extend(
+            grads(&vs)
+                .into_iter()
+                .map(|(n, g)| (format!("g{k}.{n}"), g)),
+        );
+        opt.step(&mut params, lr);
+        params.zero_grad();
+    }
+    let want = python_reference(&dump, &tcfg, &lrs);
+    let got = snapshot(&vs);
+    let momenta = opt.muon.as_ref().unwrap().state_tensors();
+    let rel = |got: &Tensor, want: &Tensor, size: &Tensor| {
+        let d = (got.to_kind(Kind::Double) - want.to_kind(Kind::Double)).norm();
+        d.double_value(&[]) / size.to_kind(Kind::Double).norm().double_value(&[])
+    };
+    let mut worst = (0.0, String::new());
+    for ((name, w0), (_, w3)) in before.iter().zip(&got) {
+        let reference = &want[&format!("w.{name}")];
+        let e = rel(w3, reference, &(reference - w0));
+        assert!(
+            e <= PARITY_TOL,
+            "{name}: update differs by {e:.2e} of its size"
+        );
+        if e > worst.0 {
+            worst = (e, name.clone());
+        }
+    }
+    for (name, m) in &momenta {
+        let e = rel(m, &want[name], &want[name]);
+        assert!(e <= PARITY_TOL, "{name} differs by {e:.2e} of its size");
+    }
+    assert_eq!(momenta.len(), hidden_matrix_names(cfg.n_layer).len());
+    println!(
+        "3 steps: worst update differs by {:.1e} ({})",
+        worst.0, worst.1
+    );
+}
+
+/// See [`muon_and_adamw_steps_match_a_pytorch_reference`].
+const PARITY_TOL: f64 = 1e-3;
+
+/// Runs [`MUON_REFERENCE_PY`] on `dump` with `tcfg`'s settings and the rates `lrs`.
+fn python_reference(
+    dump: &[(String, Tensor)],
+    tcfg: &TrainConfig,
+    lrs: &[f64],
+) -> std::collections::HashMap<String, Tensor> {
+    let py = common::venv_python("Muon parity");
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    Tensor::write_safetensors(dump, &input).unwrap();
+    let settings = serde_json::json!({
+        "lr": tcfg.lr, "lrs": lrs, "beta1": tcfg.beta1, "beta2": tcfg.beta2, "eps": tcfg.eps,
+        "weight_decay": tcfg.weight_decay, "muon_lr": tcfg.muon_lr,
+        "muon_momentum": tcfg.muon_momentum,
+    });
+    let o = std::process::Command::new(py)
+        .args(["-c", MUON_REFERENCE_PY])
+        .arg(&input)
+        .arg(settings.to_string())
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "the PyTorch reference failed:\n{}",
+        common::stderr(&o)
+    );
+    Tensor::read_safetensors(&output)
+        .unwrap()
+        .into_iter()
+        .collect()
 }

@@ -293,22 +293,6 @@ fn the_modern_architecture_matches_pytorch() {
     );
 }
 
-/// `.venv/bin/python`, which must import PyTorch: `make test` installs it
-/// (`scripts/setup_libtorch.sh --full`). A missing piece fails the test with that advice.
-fn venv_python(test: &str) -> PathBuf {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    let imports = std::process::Command::new(&py)
-        .args(["-c", "import torch"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        imports,
-        "{test}: {} cannot `import torch`; run `make test`, or `scripts/setup_libtorch.sh --full`, which installs it",
-        py.display()
-    );
-    py
-}
-
 /// Exports `run` with the CLI, checks the layout in Rust, and, with Python, has
 /// scripts/check_hf_export.py compare PyTorch's logits on `x` with sympathy's.
 fn export_and_check(run: &Path, x: &Tensor, tmp: &Path, test: &str) {
@@ -359,7 +343,7 @@ fn export_and_check(run: &Path, x: &Tensor, tmp: &Path, test: &str) {
         "HF's gelu is the exact erf GELU"
     );
 
-    let py = venv_python(test);
+    let py = common::venv_python(test);
     let logits = tch::no_grad(|| loaded.model.forward(x, false));
     let expected = tmp.join("expected.safetensors");
     Tensor::write_safetensors(&[("x", x), ("logits", &logits)], &expected).unwrap();
@@ -517,7 +501,7 @@ fn nanogpt_import_remaps_the_vocabulary_and_keeps_the_logits() {
     export_and_check(&run, &x, tmp.path(), "hf export (bias=false, imported)");
 
     // The same checkpoint from the .pt, through the converter compiled into the binary.
-    let py = venv_python("nanoGPT .pt import");
+    let py = common::venv_python("nanoGPT .pt import");
     let nano = fixtures().join("nanogpt");
     let run_pt = tmp.path().join("run_pt");
     let o = import_nanogpt(

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use sympathy::config::Optimizer;
 use sympathy::run::checkpoint::{self, OptimizerState};
 use sympathy::run::metrics::{self, Record};
-use sympathy::train::optim::AdamW;
+use sympathy::train::optim::{AdamW, Optimizers};
 use sympathy::train::params::FlatParams;
 use sympathy::train::MAX_NONFINITE_IN_A_ROW;
 use tch::Device;
@@ -114,8 +115,14 @@ fn tiny_cmd(corpus: &Path, out: &Path, extra: &[&str]) -> Command {
 /// A reference-flag run stopped at `step`, in a fresh scratch folder named `name`.
 /// Returns the run folder and the (successful) output.
 fn run_stopped_at(name: &str, step: &str) -> (PathBuf, Output) {
+    run_stopped_with(name, step, &[])
+}
+
+/// [`run_stopped_at`] with `extra` flags.
+fn run_stopped_with(name: &str, step: &str, extra: &[&str]) -> (PathBuf, Output) {
     let run = scratch(name).join("run");
-    let o = train(&fixture().corpus, &run, &["--stop-at-step", step]);
+    let extra = [&["--stop-at-step", step][..], extra].concat();
+    let o = train(&fixture().corpus, &run, &extra);
     assert!(o.status.success(), "{}", stderr(&o));
     (run, o)
 }
@@ -171,8 +178,8 @@ fn assert_same_run(a: &Path, b: &Path) {
 fn load_valid(run: &Path) -> u64 {
     let loaded = checkpoint::load(run, Device::Cpu)
         .unwrap_or_else(|e| panic!("no loadable checkpoint in {}: {e}", run.display()));
-    let params = FlatParams::new(&loaded.vs);
-    let mut opt = AdamW::new(&params, &loaded.state.train);
+    let params = FlatParams::grouped(&loaded.vs, loaded.state.train.optimizer);
+    let mut opt = Optimizers::new(&params, &loaded.state.train);
     checkpoint::load_optimizer(&loaded.dir, &mut opt).unwrap();
     assert!(checkpoint::all_finite(loaded.vs.variables().values()));
     let opt_state = opt.state_tensors();
@@ -288,6 +295,44 @@ fn a_modern_run_trains_and_stop_and_resume_is_bit_identical() {
         &resume(&run, &["--pos", "learned"]),
         &[
             "--pos: learned contradicts the checkpoint's rope",
+            "drop the flag",
+        ],
+    );
+}
+
+/// The same with `--optimizer muon`: Muon's momenta are saved and restored, so the
+/// resumed run repeats the straight one bit for bit. And it trains: the loss falls.
+#[test]
+fn stop_and_resume_with_muon_is_bit_identical_to_a_straight_run() {
+    let f = fixture();
+    let muon = ["--optimizer", "muon"];
+    let straight = scratch("muon-straight").join("run");
+    let o = train(&f.corpus, &straight, &muon);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (run, _) = run_stopped_with("resume-muon", "20", &muon);
+    assert_eq!(load_valid(&run), 20);
+    let o = resume(&run, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(load_valid(&run), REF_STEPS);
+    assert_same_run(&straight, &run);
+    let state = checkpoint::read_state(&run.join("ckpt-latest")).unwrap();
+    assert_eq!(state.train.optimizer, Optimizer::Muon);
+    // A char model starts near ln(vocab) ≈ 4.6 nats; 40 steps must bring it well down.
+    let losses: Vec<f64> = metrics::read(&straight.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.loss)
+        .collect();
+    let (first, last) = (
+        losses[0],
+        losses[losses.len() - 5..].iter().sum::<f64>() / 5.0,
+    );
+    assert!(last < first - 0.5, "loss {first:.3} → {last:.3}");
+    // The run is Muon's: resuming it as AdamW would find no moments for its matrices.
+    assert_user_error(
+        &resume(&run, &["--optimizer", "adamw", "--max-steps", "41"]),
+        &[
+            "--optimizer: adamw contradicts the checkpoint's muon",
             "drop the flag",
         ],
     );
@@ -1070,6 +1115,10 @@ fn resume_flags_that_contradict_the_checkpoint_are_named() {
     assert_user_error(
         &resume(&f.straight, &["--qk-norm"]),
         &["--qk-norm: true contradicts the checkpoint's false"],
+    );
+    assert_user_error(
+        &resume(&f.straight, &["--optimizer", "muon"]),
+        &["--optimizer: muon contradicts the checkpoint's adamw"],
     );
     assert_user_error(
         &resume(&f.straight, &["--preset", "small"]),

@@ -1,9 +1,9 @@
-//! `sympathy bench train`: full training steps (forward, loss, backward, clip, AdamW,
-//! zero-grad) on one batch of random tokens, each phase timed, and the step's MFU
+//! `sympathy bench train`: full training steps (forward, loss, backward, clip, AdamW or
+//! Muon, zero-grad) on one batch of random tokens, each phase timed, and the step's MFU
 //! against the matmul peak measured in the same process ([`crate::runtime::matmul_peak`]).
 
 use super::matmul_floor::{matmul_floor_ms, matmul_flops};
-use crate::config::{ModelConfig, TrainConfig};
+use crate::config::{ModelConfig, Optimizer, TrainConfig};
 use crate::model::flops;
 use crate::runtime::device::Dtype;
 use crate::runtime::matmul_peak::matmul_peak;
@@ -42,7 +42,10 @@ pub struct TrainReport {
     pub ms_step: f64,
     pub ms_forward: f64,
     pub ms_backward: f64,
+    /// Clip, the optimizer's update and zero-grad.
     pub ms_optimizer: f64,
+    /// What updated the blocks' weight matrices (`adamw` or `muon`).
+    pub optimizer: Optimizer,
     /// The step's weight-matrix products alone, in ms (see `matmul_floor`): what a step
     /// would take if everything else were free.
     pub ms_matmuls: f64,
@@ -161,6 +164,7 @@ fn report(
         ms_forward: median(&times.forward),
         ms_backward: median(&times.backward),
         ms_optimizer: median(&times.optimizer),
+        optimizer: b.train.optimizer,
         ms_matmuls,
         matmul_efficiency: products_gflops / peak,
         n_layer: cfg.n_layer,

@@ -8,7 +8,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use sympathy::config::{
-    Activation, Arch, ModelConfig, Normalization, Positions, Preset, Schedule, TrainConfig,
+    Activation, Arch, ModelConfig, Normalization, Optimizer, Positions, Preset, Schedule,
+    TrainConfig,
 };
 use sympathy::data;
 use sympathy::model::bits_per_byte;
@@ -236,6 +237,17 @@ pub(crate) struct TrainFlags {
     weight_decay: Option<f64>,
     #[arg(long)]
     grad_clip: Option<f64>,
+    /// What updates the blocks' weight matrices: `adamw`, or `muon` (orthogonalised
+    /// momentum; embeddings, gains and biases stay AdamW's) [default: adamw; with
+    /// --resume, the checkpoint's]
+    #[arg(long, value_enum)]
+    optimizer: Option<Optimizer>,
+    /// Muon's peak learning rate; it follows --lr's schedule [default: 0.05]
+    #[arg(long)]
+    muon_lr: Option<f64>,
+    /// Muon's (Nesterov) momentum [default: 0.95]
+    #[arg(long)]
+    muon_momentum: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long)]
@@ -326,6 +338,7 @@ fn starting_configs(args: &TrainArgs, writer: bool) -> Result<Start> {
     let dir = checkpoint::resolve(&args.out)?;
     let state = checkpoint::read_state(&dir)?;
     check_resume_flags(args, &state.model)?;
+    check_resume_optimizer(&args.train, &state.train)?;
     args.tokenizer.check_resume(&state.tokenizer)?;
     note_resume_changes(&args.train, &state.train);
     Ok((
@@ -349,6 +362,9 @@ fn apply_train_flags(args: &TrainArgs, tcfg: &mut TrainConfig) {
             warmup_steps,
             weight_decay,
             grad_clip,
+            optimizer,
+            muon_lr,
+            muon_momentum,
             seed,
             eval_every,
             eval_windows,
@@ -479,6 +495,19 @@ fn check_resume_flags(args: &TrainArgs, saved: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
+/// With --resume, `--optimizer` may repeat the checkpoint's but not change it: the
+/// saved optimizer state is that optimizer's.
+fn check_resume_optimizer(flags: &TrainFlags, saved: &TrainConfig) -> Result<()> {
+    if let Some(given) = flags.optimizer.filter(|o| *o != saved.optimizer) {
+        bail!(
+            "--optimizer: {} contradicts the checkpoint's {}; drop the flag to resume, or train a new --out",
+            given.name(),
+            saved.optimizer.name()
+        );
+    }
+    Ok(())
+}
+
 /// The first field in which two model configs differ, with both values as text.
 fn first_difference(a: &ModelConfig, b: &ModelConfig) -> Option<(&'static str, String, String)> {
     let text = |x: &dyn std::fmt::Display| x.to_string();
@@ -522,6 +551,8 @@ fn note_resume_changes(flags: &TrainFlags, saved: &TrainConfig) {
         differs("--warmup-steps", flags.warmup_steps, saved.warmup_steps),
         differs("--weight-decay", flags.weight_decay, saved.weight_decay),
         differs("--grad-clip", flags.grad_clip, saved.grad_clip),
+        differs("--muon-lr", flags.muon_lr, saved.muon_lr),
+        differs("--muon-momentum", flags.muon_momentum, saved.muon_momentum),
         differs("--seed", flags.seed, saved.seed),
     ];
     for (flag, given, saved) in changed.into_iter().flatten() {

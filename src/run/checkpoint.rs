@@ -1,6 +1,6 @@
 //! Checkpoints: a directory with `model.safetensors` (GPT-2 parameter names),
-//! `optimizer.safetensors` (AdamW moments and step) and `state.json` (format version,
-//! step, configs, tokenizer, data source, best validation loss).
+//! `optimizer.safetensors` (AdamW moments and step, Muon's momenta) and `state.json`
+//! (format version, step, configs, tokenizer, data source, best validation loss).
 //!
 //! Writing is atomic: everything goes to `NAME.tmp/`, is fsynced, and the directory is
 //! renamed into place (the previous one is first moved to `NAME.old/`, removed last).

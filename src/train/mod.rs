@@ -19,14 +19,15 @@
 //!
 //! A run is a pure function of its configs and seed. Batches depend only on
 //! (seed, step) (see [`Batches::get`]), libtorch's generator (dropout) is reseeded from
-//! (seed, step) before every step, and AdamW's state is saved, so a run resumed from a
-//! checkpoint repeats, bit for bit on the CPU, what the uninterrupted run would do.
+//! (seed, step) before every step, and the optimizer's state is saved, so a run resumed
+//! from a checkpoint repeats, bit for bit on the CPU, what the uninterrupted run would do.
 
 pub mod data_parallel;
 pub mod distributed;
 pub mod eval;
 pub mod fused_adamw;
 pub mod launch;
+pub mod muon;
 pub mod optim;
 pub mod params;
 pub mod ranks;
@@ -530,7 +531,7 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Every rank takes rank 0's weights and AdamW moments, so that all start alike (its
+/// Every rank takes rank 0's weights and optimizer state, so that all start alike (its
 /// step count is a number on the host, the same on every rank that read the same
 /// checkpoint).
 fn start_from_writers_state(ranks: &mut Ranks, trainer: &Trainer) -> Result<()> {

@@ -12,15 +12,19 @@
 //! parameter at a time, for reading. [`AdamW::step`] computes the same thing through
 //! [`super::fused_adamw`]: the moments are flat buffers laid out like the parameters',
 //! and the update is one pass over all four (a test holds the two to each other).
+//!
+//! [`Optimizers`] is what a run steps: this AdamW, or with `--optimizer muon` Muon for
+//! the hidden matrices ([`super::muon`]) and this AdamW for the rest.
 
 use super::fused_adamw::{self, Flat, StepScalars};
-use super::params::{view_at, FlatParams};
-use crate::config::{Schedule, TrainConfig};
+use super::muon::Muon;
+use super::params::{view_at, FlatParams, Param};
+use crate::config::{Optimizer, Schedule, TrainConfig};
 use crate::run::checkpoint::OptimizerState;
 use crate::{Error, Result, Step};
 use std::f64::consts::PI;
 use std::path::Path;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// One parameter's two moment estimates (views of the flat moment buffers).
 struct Moments {
@@ -33,9 +37,10 @@ struct Moments {
 }
 
 pub struct AdamW {
-    /// Per parameter, in the order of [`FlatParams::params`].
+    /// Per AdamW parameter, in the order of [`FlatParams::params`].
     moments: Vec<Moments>,
-    /// All first and second moments, laid out like [`FlatParams::values`].
+    /// All first and second moments, laid out like AdamW's part of
+    /// [`FlatParams::values`] (all of it, unless Muon has the hidden matrices).
     m: Tensor,
     v: Tensor,
     /// Updates done so far; the bias corrections depend on it.
@@ -47,13 +52,11 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    /// Zero moments for every parameter of `params` (the model is not touched).
+    /// Zero moments for every AdamW parameter of `params` (the model is not touched).
     pub fn new(params: &FlatParams, cfg: &TrainConfig) -> Self {
-        let m = params.values().zeros_like();
-        let v = params.values().zeros_like();
-        let moments = params
-            .params()
-            .iter()
+        let m = params.values().narrow(0, 0, params.n_adamw()).zeros_like();
+        let v = m.zeros_like();
+        let moments = adamw_params(params)
             .map(|p| Moments {
                 name: p.name.clone(),
                 m: view_at(&m, p.offset, &p.tensor),
@@ -90,11 +93,21 @@ impl AdamW {
         }
     }
 
-    /// The flat buffers of one update: `params`' values and gradients, our moments.
-    fn flat<'a>(&'a self, params: &'a FlatParams) -> Flat<'a> {
+    /// AdamW's part of `params`' values and gradients.
+    fn own_part(params: &FlatParams) -> (Tensor, Tensor) {
+        let n = params.n_adamw();
+        (
+            params.values().narrow(0, 0, n),
+            params.grads().narrow(0, 0, n),
+        )
+    }
+
+    /// The flat buffers of one update: AdamW's part of `params`' values and gradients
+    /// (`own`, from [`Self::own_part`]), and our moments.
+    fn flat<'a>(&'a self, params: &FlatParams, own: &'a (Tensor, Tensor)) -> Flat<'a> {
         Flat {
-            param: params.values(),
-            grad: params.grads(),
+            param: &own.0,
+            grad: &own.1,
             m: &self.m,
             v: &self.v,
             n_decay: params.n_decay(),
@@ -105,14 +118,16 @@ impl AdamW {
     /// arithmetic in one pass over the flat buffers.
     pub fn step(&mut self, params: &mut FlatParams, lr: f64) {
         self.step += 1;
-        fused_adamw::step(&self.flat(params), &self.scalars(lr));
+        let own = Self::own_part(params);
+        fused_adamw::step(&self.flat(params, &own), &self.scalars(lr));
     }
 
     /// [`Self::step`] through the flat buffers with tensor ops, the path CUDA and bf16
     /// take; public so tests can compare it with the CPU loop.
     pub fn step_flat_ops(&mut self, params: &mut FlatParams, lr: f64) {
         self.step += 1;
-        fused_adamw::step_tensor_ops(&self.flat(params), &self.scalars(lr));
+        let own = Self::own_part(params);
+        fused_adamw::step_tensor_ops(&self.flat(params, &own), &self.scalars(lr));
     }
 
     /// One AdamW update at learning rate `lr`, written out one parameter at a time as
@@ -124,7 +139,7 @@ impl AdamW {
         let bias_correction2 = 1.0 - b2.powi(self.step as i32);
         let step_size = lr / bias_correction1;
         tch::no_grad(|| {
-            for (param, p) in params.params().iter().zip(&mut self.moments) {
+            for (param, p) in adamw_params(params).zip(&mut self.moments) {
                 let mut theta = param.tensor.shallow_clone();
                 let g = theta.grad();
                 if !g.defined() {
@@ -143,6 +158,11 @@ impl AdamW {
     }
 }
 
+/// The parameters AdamW updates, in order.
+fn adamw_params(params: &FlatParams) -> impl Iterator<Item = &Param> {
+    params.params().iter().filter(|p| !p.muon)
+}
+
 /// The moments `m.{name}`, `v.{name}` of every parameter, and `step`.
 impl OptimizerState for AdamW {
     /// The state to save: `m.{name}`, `v.{name}` for every parameter, and `step`.
@@ -158,36 +178,108 @@ impl OptimizerState for AdamW {
 
     /// Restores what `state_tensors` saved; every name and shape must match.
     fn load_state(&mut self, tensors: &[(String, Tensor)], source: &Path) -> Result<()> {
-        let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
-        let missing =
-            |name: &str| Error::checkpoint(source, format!("optimizer state has no tensor {name}"));
-        tch::no_grad(|| {
-            for p in &mut self.moments {
-                for (key, slot) in [
-                    (format!("m.{}", p.name), &mut p.m),
-                    (format!("v.{}", p.name), &mut p.v),
-                ] {
-                    let t = find(&key).ok_or_else(|| missing(&key))?;
-                    if t.size() != slot.size() {
-                        return Err(Error::checkpoint(
-                            source,
-                            format!(
-                                "optimizer tensor {key} has shape {:?}, the model needs {:?}",
-                                t.size(),
-                                slot.size()
-                            ),
-                        ));
-                    }
-                    slot.copy_(&t.to_kind(Kind::Float));
-                }
-            }
-            Ok(())
-        })?;
-        let step = find("step").ok_or_else(|| missing("step"))?;
+        for p in &mut self.moments {
+            restore(tensors, &format!("m.{}", p.name), &mut p.m, source)?;
+            restore(tensors, &format!("v.{}", p.name), &mut p.v, source)?;
+        }
+        let step = find(tensors, "step", source)?;
         self.step = step
             .f_int64_value(&[0])
             .map_err(|e| Error::checkpoint(source, format!("optimizer step is unreadable: {e}")))?;
         Ok(())
+    }
+}
+
+/// The saved tensor `key` of `tensors` (read from `source`).
+fn find<'a>(tensors: &'a [(String, Tensor)], key: &str, source: &Path) -> Result<&'a Tensor> {
+    let found = tensors.iter().find(|(n, _)| n == key).map(|(_, t)| t);
+    found.ok_or_else(|| Error::checkpoint(source, format!("optimizer state has no tensor {key}")))
+}
+
+/// Copies the saved tensor `key` of `tensors` (read from `source`) into `slot`, whose
+/// shape it must have.
+pub(crate) fn restore(
+    tensors: &[(String, Tensor)],
+    key: &str,
+    slot: &mut Tensor,
+    source: &Path,
+) -> Result<()> {
+    let t = find(tensors, key, source)?;
+    if t.size() != slot.size() {
+        return Err(Error::checkpoint(
+            source,
+            format!(
+                "optimizer tensor {key} has shape {:?}, the model needs {:?}",
+                t.size(),
+                slot.size()
+            ),
+        ));
+    }
+    tch::no_grad(|| slot.copy_(&t.to_kind(slot.kind())));
+    Ok(())
+}
+
+/// The optimizers of one run, each over its part of the flat buffers: AdamW alone, or
+/// with [`Optimizer::Muon`] Muon for the hidden matrices and AdamW for the rest (see
+/// [`super::params`] for the layout, [`super::muon`] for Muon).
+pub struct Optimizers {
+    pub adamw: AdamW,
+    pub muon: Option<Muon>,
+    /// AdamW's and Muon's peak rates: Muon's rate is AdamW's scaled by their ratio.
+    lr: f64,
+    muon_lr: f64,
+}
+
+impl Optimizers {
+    /// Fresh state for the parameters of `params`, which must be grouped for
+    /// `cfg.optimizer` ([`FlatParams::grouped`]).
+    pub fn new(params: &FlatParams, cfg: &TrainConfig) -> Self {
+        let muon = cfg.optimizer == Optimizer::Muon;
+        assert_eq!(
+            muon,
+            params.n_adamw() < params.values().numel() as i64,
+            "the parameters are grouped for --optimizer {}",
+            cfg.optimizer.name()
+        );
+        Optimizers {
+            adamw: AdamW::new(params, cfg),
+            muon: muon.then(|| Muon::new(params, cfg)),
+            lr: cfg.lr,
+            muon_lr: cfg.muon_lr,
+        }
+    }
+
+    /// Updates done so far.
+    pub fn steps_done(&self) -> i64 {
+        self.adamw.steps_done()
+    }
+
+    /// One update of every parameter: AdamW's at `lr`, the schedule's rate now, and
+    /// Muon's at `--muon-lr` times the same factor of the schedule, `lr / --lr`.
+    pub fn step(&mut self, params: &mut FlatParams, lr: f64) {
+        self.adamw.step(params, lr);
+        if let Some(muon) = &mut self.muon {
+            muon.step(params, self.muon_lr * (lr / self.lr));
+        }
+    }
+}
+
+/// AdamW's state, then Muon's.
+impl OptimizerState for Optimizers {
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.adamw.state_tensors();
+        if let Some(muon) = &self.muon {
+            out.extend(muon.state_tensors());
+        }
+        out
+    }
+
+    fn load_state(&mut self, tensors: &[(String, Tensor)], source: &Path) -> Result<()> {
+        self.adamw.load_state(tensors, source)?;
+        match &mut self.muon {
+            Some(muon) => muon.load_state(tensors, source),
+            None => Ok(()),
+        }
     }
 }
 

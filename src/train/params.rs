@@ -16,19 +16,30 @@
 //! groups are nanoGPT's: every tensor with 2 or more dimensions (the Linear weights and
 //! the embeddings, an untied `lm_head` as `wte`) decays; biases and the gains of
 //! LayerNorm, RMSNorm and QK-norm do not, since pulling a gain or a bias towards 0 is
-//! not regularisation.
+//! not regularisation. With
+//! [`Optimizer::Muon`], the hidden matrices ([`super::muon::is_hidden_matrix`]) go
+//! last, after both AdamW groups, so that AdamW's part of every buffer is one prefix:
+//!
+//! ```text
+//! values: [ AdamW, decayed | AdamW, not decayed | Muon ]
+//!         0                n_decay              n_adamw           numel
+//! ```
 //!
 //! Data-parallel replicas ([`super::data_parallel`]) share the value buffer and keep
 //! gradient buffers of their own, laid out the same way ([`FlatParams::share_weights`]).
 
+use super::muon::is_hidden_matrix;
+use crate::config::Optimizer;
 use tch::{nn, Device, Kind, Tensor};
 
 /// One parameter: its name in the model, the tensor (a view of the value buffer),
-/// whether it decays, and where it starts in every flat buffer.
+/// whether AdamW decays it or Muon updates it, and where it starts in every flat buffer.
 pub struct Param {
     pub name: String,
     pub tensor: Tensor,
     pub decay: bool,
+    /// Updated by Muon, not AdamW (then `decay` is false: Muon does not decay).
+    pub muon: bool,
     pub offset: i64,
 }
 
@@ -40,13 +51,21 @@ pub struct FlatParams {
     grads: Tensor,
     /// Elements `[0, n_decay)` belong to decayed tensors, the rest to the others.
     n_decay: i64,
+    /// Elements `[0, n_adamw)` are AdamW's, the rest Muon's.
+    n_adamw: i64,
 }
 
 impl FlatParams {
     /// Takes every trainable variable of `vs` and moves it into the flat buffers: the
     /// model's tensors keep their values but share one allocation from here on, and
-    /// each gets a zero `.grad`.
+    /// each gets a zero `.grad`. Every parameter is AdamW's.
     pub fn new(vs: &nn::VarStore) -> Self {
+        Self::grouped(vs, Optimizer::AdamW)
+    }
+
+    /// [`Self::new`], with the parameters laid out for `optimizer`: with
+    /// [`Optimizer::Muon`], the hidden matrices last, as Muon's.
+    pub fn grouped(vs: &nn::VarStore, optimizer: Optimizer) -> Self {
         let mut vars: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -60,18 +79,18 @@ impl FlatParams {
                 .all(|(_, t)| t.kind() == kind && t.device() == device),
             "training needs all parameters in one dtype on one device"
         );
-        let params = layout(vars);
-        let total: i64 = params.iter().map(|p| p.tensor.numel() as i64).sum();
-        let n_decay = params
-            .iter()
-            .filter(|p| p.decay)
-            .map(|p| p.tensor.numel() as i64)
-            .sum();
+        let params = layout(vars, optimizer);
+        let numel = |keep: fn(&Param) -> bool| {
+            let sizes = params.iter().filter(|p| keep(p));
+            sizes.map(|p| p.tensor.numel() as i64).sum::<i64>()
+        };
+        let (total, n_decay, n_adamw) = (numel(|_| true), numel(|p| p.decay), numel(|p| !p.muon));
         let flat = FlatParams {
             values: Tensor::zeros([total], (kind, device)),
             grads: Tensor::zeros([total], (kind, device)),
             params,
             n_decay,
+            n_adamw,
         };
         flat.rehome();
         flat
@@ -114,6 +133,11 @@ impl FlatParams {
     /// How many leading elements of the buffers belong to decayed tensors.
     pub fn n_decay(&self) -> i64 {
         self.n_decay
+    }
+
+    /// How many leading elements of the buffers are AdamW's (all, without Muon).
+    pub fn n_adamw(&self) -> i64 {
+        self.n_adamw
     }
 
     /// The dtype of the parameters (and of both buffers).
@@ -177,26 +201,34 @@ impl FlatParams {
     }
 }
 
-/// The parameters with their decay flags and offsets: decayed tensors first in the
-/// buffers, the list itself kept in the order given.
-fn layout(vars: Vec<(String, Tensor)>) -> Vec<Param> {
-    let decays = |t: &Tensor| t.dim() >= 2;
+/// The parameters with their groups and offsets: AdamW's decayed tensors first in the
+/// buffers, then AdamW's others, then (with [`Optimizer::Muon`]) Muon's; the list
+/// itself kept in the order given.
+fn layout(vars: Vec<(String, Tensor)>, optimizer: Optimizer) -> Vec<Param> {
+    let muon = |name: &str, t: &Tensor| optimizer == Optimizer::Muon && is_hidden_matrix(name, t);
+    // 0: AdamW with decay, 1: AdamW without, 2: Muon.
+    let group = |(name, t): &(String, Tensor)| match (muon(name, t), t.dim() >= 2) {
+        (true, _) => 2,
+        (false, true) => 0,
+        (false, false) => 1,
+    };
     let mut offset = 0;
     let mut offsets = vec![0i64; vars.len()];
-    for decayed in [true, false] {
-        for (i, (_, t)) in vars.iter().enumerate() {
-            if decays(t) == decayed {
+    for g in 0..3 {
+        for (i, var) in vars.iter().enumerate() {
+            if group(var) == g {
                 offsets[i] = offset;
-                offset += t.numel() as i64;
+                offset += var.1.numel() as i64;
             }
         }
     }
     vars.into_iter()
         .zip(offsets)
-        .map(|((name, tensor), offset)| Param {
-            decay: decays(&tensor),
-            name,
-            tensor,
+        .map(|(var, offset)| Param {
+            decay: group(&var) == 0,
+            muon: group(&var) == 2,
+            name: var.0,
+            tensor: var.1,
             offset,
         })
         .collect()

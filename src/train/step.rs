@@ -4,12 +4,12 @@
 //!
 //! ```text
 //! forward_backward(x, y)   forward, loss, backward (on every worker); gradients add up
-//! update(grad_norm, lr)    clip to --grad-clip, AdamW
+//! update(grad_norm, lr)    clip to --grad-clip, AdamW (and Muon with --optimizer muon)
 //! zero_grad()              ready for the next step
 //! ```
 
 use super::data_parallel::{check_workers, DataParallel, ForwardBackward};
-use super::optim::AdamW;
+use super::optim::Optimizers;
 use super::params::FlatParams;
 use crate::config::{ModelConfig, TrainConfig};
 use crate::memory;
@@ -23,7 +23,7 @@ pub struct Trainer {
     pub vs: nn::VarStore,
     pub model: Gpt,
     pub params: FlatParams,
-    pub opt: AdamW,
+    pub opt: Optimizers,
     workers: DataParallel,
     /// The clip threshold (0 = off).
     grad_clip: f64,
@@ -34,8 +34,8 @@ pub struct Trainer {
 
 impl Trainer {
     /// A `cfg` model on `device` in `kind`, initialised from `tcfg.seed` (two runs with
-    /// one seed start from the same weights), its parameters in flat buffers, fresh
-    /// AdamW moments, and `workers` data-parallel workers.
+    /// one seed start from the same weights), its parameters in flat buffers grouped
+    /// for `tcfg.optimizer`, fresh optimizer state, and `workers` data-parallel workers.
     pub fn new(
         cfg: &ModelConfig,
         tcfg: &TrainConfig,
@@ -51,8 +51,8 @@ impl Trainer {
         if kind != Kind::Float {
             vs.set_kind(kind);
         }
-        let params = FlatParams::new(&vs);
-        let opt = AdamW::new(&params, tcfg);
+        let params = FlatParams::grouped(&vs, tcfg.optimizer);
+        let opt = Optimizers::new(&params, tcfg);
         let workers = DataParallel::new(cfg, device, &params, check_workers(workers, cfg)?);
         Ok(Trainer {
             vs,
@@ -110,7 +110,8 @@ impl Trainer {
         self.params.grad_norm().double_value(&[])
     }
 
-    /// Clips the gradients (whose norm is `grad_norm`) and takes one AdamW step at `lr`.
+    /// Clips the gradients (whose norm is `grad_norm`) and takes one optimizer step at
+    /// `lr` (AdamW's rate; Muon's follows it, see [`Optimizers::step`]).
     pub fn update(&mut self, grad_norm: f64, lr: f64) {
         self.params.clip_grad_norm(grad_norm, self.grad_clip);
         self.opt.step(&mut self.params, lr);

@@ -108,3 +108,19 @@ pub fn architectures() -> Vec<sympathy::config::Arch> {
         },
     ]
 }
+
+/// `.venv/bin/python`, which must import PyTorch: `make test` installs it
+/// (`scripts/setup_libtorch.sh --full`). A missing piece fails the test with that advice.
+pub fn venv_python(test: &str) -> PathBuf {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let imports = std::process::Command::new(&py)
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        imports,
+        "{test}: {} cannot `import torch`; run `make test`, or `scripts/setup_libtorch.sh --full`, which installs it",
+        py.display()
+    );
+    py
+}
