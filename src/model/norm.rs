@@ -95,7 +95,6 @@ mod tests {
 
     #[test]
     fn rms_norm_is_x_over_its_root_mean_square_times_the_gain() {
-        tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
         let norm = RmsNorm::new(vs.root() / "n", 48);
         let gain = Tensor::randn([48], (Kind::Float, Device::Cpu)) + 1.0;

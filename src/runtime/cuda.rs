@@ -89,7 +89,8 @@ mod tests {
 
     /// The mechanism, checked on any machine whose libtorch ships the CUDA library.
     /// Nothing may ask libtorch about CUDA before the dlopen: it caches its answer (the
-    /// CUDA hooks) on first use, which is why `DeviceChoice::resolve` loads first.
+    /// CUDA hooks) on first use, which is why `DeviceChoice::resolve` loads first, and
+    /// why the unit tests before this one never call `tch::manual_seed` (it asks).
     #[test]
     fn dlopen_registers_the_cuda_backend() {
         let Some(dir) = LIBTORCH_LIB else { return };
