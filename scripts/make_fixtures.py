@@ -271,6 +271,23 @@ def sensitivity_check(model, x, logits):
     assert moved > 1e-4, "the fixture cannot tell GELU variants apart; scale the weights up"
 
 
+def adamw_like_sympathy(model):
+    """PyTorch's own AdamW, configured as sympathy's optimizer: two groups, weight decay
+    only for tensors with 2 or more dimensions. Callers set each group's lr per step."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": TRAIN["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=TRAIN["lr"],
+        betas=(TRAIN["beta1"], TRAIN["beta2"]),
+        eps=TRAIN["eps"],
+        foreach=False,  # the single-tensor path, whose formula sympathy's optim.rs follows
+    )
+
+
 def parity_fixtures():
     cfg = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=CHAR_VOCAB_SIZE, bias=True)
     model = Gpt(**cfg)
@@ -288,20 +305,7 @@ def parity_fixtures():
     tensors.update({f"grads.{n}": p.grad.clone() for n, p in params.items()})
     model.zero_grad(set_to_none=True)
 
-    # PyTorch's own AdamW and clip_grad_norm_, configured as sympathy's optimizer: two
-    # groups, weight decay only for tensors with 2 or more dimensions.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": TRAIN["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=TRAIN["lr"],
-        betas=(TRAIN["beta1"], TRAIN["beta2"]),
-        eps=TRAIN["eps"],
-        foreach=False,  # the single-tensor path, whose formula sympathy's optim.rs follows
-    )
+    opt = adamw_like_sympathy(model)
     steps = []
     for step in range(10):
         lr = lr_at(step, TRAIN)
@@ -355,17 +359,7 @@ def modern_fixtures():
     print(f"sensitivity: interleaved RoPE pairs move the logits by {moved:.1e} (relative)")
     assert moved > 1e-3, "the fixture cannot tell RoPE pairings apart"
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": TRAIN["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        betas=(TRAIN["beta1"], TRAIN["beta2"]),
-        eps=TRAIN["eps"],
-        foreach=False,
-    )
+    opt = adamw_like_sympathy(model)
     lr = lr_at(0, TRAIN)
     for group in opt.param_groups:
         group["lr"] = lr
