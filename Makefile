@@ -13,7 +13,7 @@ export LIBTORCH = $(shell [ -x $(VENV)/bin/python ] && $(VENV)/bin/python -c "im
 export LIBTORCH_CXX11_ABI := 1
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test build libtorch libtorch-full lint fixtures bench clean
+.PHONY: demo test build early-crates libtorch libtorch-full lint fixtures bench clean
 
 demo: build
 	@if [ -f $(RUN)/ckpt-latest/state.json ]; then \
@@ -27,8 +27,21 @@ demo: build
 test: libtorch-full
 	cargo test --release -- --test-threads=1
 
-build: libtorch
+# libtorch downloads while every crate that does not need it compiles (the install is
+# mostly waiting on the network): `early-crates` builds all it can with --keep-going,
+# and torch-sys, which needs libtorch, fails there on purpose (log in .cache/). Then the
+# rest: torch-sys, tch and sympathy.
+build:
+	@$(MAKE) --no-print-directory -j2 libtorch early-crates
 	cargo build --release
+
+# Only on a first install: later, pointing LIBTORCH elsewhere would rebuild torch-sys.
+FIRST_INSTALL := $(if $(wildcard $(VENV)/bin/python),,yes)
+early-crates:
+ifeq ($(FIRST_INSTALL),yes)
+	@mkdir -p .cache
+	@LIBTORCH=/nonexistent cargo build --release --keep-going >.cache/early-crates.log 2>&1 || true
+endif
 
 libtorch:
 	@bash scripts/setup_libtorch.sh

@@ -21,12 +21,14 @@ import sys
 from pathlib import Path
 
 # Each step adds one change to the one before it, so each row's gain is that change's.
+# Every recipe names its architecture and optimizer, whatever the preset's default.
+ADAMW = ["--optimizer", "adamw"]
 RECIPES = {
-    "gpt2": [],
-    "rope": ["--pos", "rope"],
-    "rmsnorm+qknorm": ["--pos", "rope", "--norm", "rmsnorm", "--qk-norm"],
-    "relu2": ["--pos", "rope", "--norm", "rmsnorm", "--qk-norm", "--mlp", "relu2"],
-    "untied+zero": ["--arch", "modern"],
+    "gpt2": ["--arch", "gpt2", *ADAMW],
+    "rope": ["--arch", "gpt2", "--pos", "rope", *ADAMW],
+    "rmsnorm+qknorm": ["--arch", "gpt2", "--pos", "rope", "--norm", "rmsnorm", "--qk-norm", *ADAMW],
+    "relu2": ["--arch", "modern", "--untied-head", "false", "--zero-init", "false", *ADAMW],
+    "untied+zero": ["--arch", "modern", *ADAMW],
     "muon": ["--arch", "modern", "--optimizer", "muon"],
 }
 
@@ -69,6 +71,7 @@ def train(args, name, flags, seed):
            "--eval-every", "1000000", "--checkpoint-every", "1000000",
            *budget, *flags, *args.extra.split()]
     print("$", " ".join(cmd), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{out}.log", "w") as log:  # the progress bar and summary, kept aside
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     return out
@@ -100,10 +103,13 @@ def main():
     args = parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     recipes = [recipe_flags(n) for n in args.recipes.split(",")]
-    done = {}
-    for name, flags in recipes:
-        done[name] = [Path(args.out) / f"{name}-s{s}" if args.table_only
-                      else train(args, name, flags, s) for s in seeds]
+    done = {name: [] for name, _ in recipes}
+    # Seed by seed, every recipe in turn: a machine that slows down for a while slows
+    # every recipe alike, which matters when runs are cut by the clock.
+    for s in seeds:
+        for name, flags in recipes:
+            done[name].append(Path(args.out) / f"{name}-s{s}" if args.table_only
+                              else train(args, name, flags, s))
     print(f"\n| recipe | val bits/char, mean of {len(seeds)} | spread (max − min) "
           "| per seed | steps | median tokens/s |")
     print("|---|---|---|---|---|---|")

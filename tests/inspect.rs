@@ -209,9 +209,18 @@ fn parameter_count_is_the_sum_of_tensor_sizes() {
     assert_eq!(j["flops"]["training"].as_f64(), Some(flops_per_token(&cfg)));
 
     // A preset before training, with an override, through the human table.
-    let o = run(&["inspect", "--preset", "small", "--n-layer", "3"]);
+    let o = run(&[
+        "inspect",
+        "--preset",
+        "small",
+        "--arch",
+        "gpt2",
+        "--n-layer",
+        "3",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut small = Preset::Small.model(v);
+    small.arch = sympathy::config::Arch::default();
     small.n_layer = 3;
     let c = small.n_embd;
     let expected = v * c + small.block_size * c + 3 * (12 * c * c + 13 * c) + 2 * c;

@@ -399,6 +399,66 @@ fn a_run_cut_by_its_time_budget_ends_annealed() {
     assert!(stderr(&o).contains("nothing to do"), "{}", stderr(&o));
 }
 
+/// `--target-bpb` met at an evaluation ends the plan there: the budget schedule decays
+/// over the next 3/7 of the run so far and the run stops, annealed. A target every
+/// evaluation meets ends the run at its first evaluation (step 10) plus 3/7: step 15,
+/// with the same rates, losses and weights as a run planned for 15 steps from the start.
+/// Stopped and resumed in between, the run keeps its shortened plan.
+#[test]
+fn a_met_target_anneals_and_stops_like_a_run_planned_that_long() {
+    let f = fixture();
+    let dir = scratch("target");
+    let flags = |steps: &'static str| {
+        [
+            "--schedule",
+            "budget",
+            "--eval-every",
+            "10",
+            "--max-steps",
+            steps,
+        ]
+    };
+    let planned = dir.join("planned");
+    let o = tiny_cmd(&f.corpus, &planned, &flags("15"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let early = dir.join("early");
+    let stop_flags = ["--target-bpb", "100", "--stop-at-step", "12"];
+    let o = tiny_cmd(
+        &f.corpus,
+        &early,
+        &[&flags("1000")[..], &stop_flags].concat(),
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("step 10: validation reached --target-bpb")
+            && stderr(&o).contains("decays until step 15"),
+        "{}",
+        stderr(&o)
+    );
+    let o = resume(&early, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stopped early"), "{}", stderr(&o));
+    let (a, b) = (
+        metrics::read(&planned.join("metrics.jsonl")).unwrap(),
+        metrics::read(&early.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(b.len(), 15);
+    assert_eq!(
+        a.iter().map(numbers).collect::<Vec<_>>(),
+        b.iter().map(numbers).collect::<Vec<_>>(),
+        "the early end must follow the 15-step plan exactly"
+    );
+    assert!(latest_weights(&planned) == latest_weights(&early));
+    assert!(
+        b[10..].windows(2).all(|w| w[1].lr < w[0].lr),
+        "the rate decays after step 11 (70 % of 15)"
+    );
+}
+
 #[test]
 fn best_checkpoint_holds_the_lowest_validation_loss() {
     let f = fixture();
@@ -1226,6 +1286,14 @@ fn flag_problems_are_named() {
             "--grad-clip: must be 0 or a positive number",
         ),
         ("--dropout 1", "--dropout: must be in [0, 1)"),
+        (
+            "--target-bpb 2 --schedule cosine",
+            "--target-bpb: needs --schedule budget",
+        ),
+        (
+            "--target-bpb -1 --schedule budget",
+            "--target-bpb: must be a positive number of bits per byte, got -1",
+        ),
         ("--no-such-flag", "unexpected argument '--no-such-flag'"),
     ] {
         let flags: Vec<&str> = flags.split(' ').collect();

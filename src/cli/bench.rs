@@ -1,7 +1,7 @@
 //! `sympathy bench matmul|train|generate`: this machine measured; the measuring is
 //! [`sympathy::bench`]'s and [`sympathy::runtime::matmul_peak`]'s.
 
-use super::train::ShapeFlags;
+use super::train::{ArchFlags, ShapeFlags};
 use super::{override_fields, set_threads};
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -77,11 +77,14 @@ pub(crate) struct BenchTrainArgs {
     preset: Preset,
     #[command(flatten)]
     shape: ShapeFlags,
+    #[command(flatten)]
+    arch: ArchFlags,
     #[arg(long)]
     batch_size: Option<i64>,
-    /// What updates the blocks' weight matrices (see `train --optimizer`).
-    #[arg(long, value_enum, default_value = "adamw")]
-    optimizer: Optimizer,
+    /// What updates the blocks' weight matrices (see `train --optimizer`) [default:
+    /// the preset's]
+    #[arg(long, value_enum)]
+    optimizer: Option<Optimizer>,
     /// Timed steps (after the warm-up).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -175,9 +178,9 @@ pub(crate) fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
     }
     let mut model = args.preset.model(Tokenizer::default().vocab_size());
     args.shape.apply(&mut model);
+    args.arch.apply(&mut model.arch);
     let mut train = args.preset.train();
-    override_fields!(train, args, [batch_size]);
-    train.optimizer = args.optimizer;
+    override_fields!(train, args, [batch_size, optimizer]);
     let r = training::bench_training(&TrainBench {
         model,
         train,

@@ -217,6 +217,11 @@ pub(crate) struct TrainFlags {
     /// it also selects `--schedule budget`, whose decay ends at this deadline.
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// Stop on quality: when an evaluation reaches this many validation bits per byte
+    /// while the learning rate is at its peak, decay it from there (for 3/7 of the run
+    /// so far) and stop. Needs the budget schedule.
+    #[arg(long)]
+    target_bpb: Option<f64>,
     /// The learning rate after warmup: `cosine` to --max-steps (exactly reproducible), or
     /// `budget`: stable, then a linear decay that ends at --max-steps or --max-minutes,
     /// whichever comes first [default: budget with --max-minutes, else cosine]
@@ -380,6 +385,9 @@ fn apply_train_flags(args: &TrainArgs, tcfg: &mut TrainConfig) {
     if let Some(schedule) = args.train.schedule {
         tcfg.schedule = schedule;
     }
+    if let Some(t) = args.train.target_bpb {
+        tcfg.target_bpb = Some(t);
+    }
     tcfg.stop_at_step = args.train.stop_at_step;
 }
 
@@ -425,6 +433,9 @@ fn report(out: &Path, summary: &TrainSummary) {
     let resume = format!("sympathy train --resume --out {}", out.display());
     match summary.cause {
         StopCause::MaxSteps | StopCause::MaxMinutes => {}
+        StopCause::TargetReached => eprintln!(
+            "stopped early: validation met --target-bpb, and the learning rate decayed after it"
+        ),
         StopCause::StopAtStep => eprintln!(
             "stopped at step {} as --stop-at-step asked; continue with: {resume}",
             summary.step
@@ -447,7 +458,10 @@ fn report(out: &Path, summary: &TrainSummary) {
 /// The exit code for why training stopped: 0, or 128 + the signal that stopped it.
 fn exit_code(cause: StopCause) -> i32 {
     match cause {
-        StopCause::MaxSteps | StopCause::MaxMinutes | StopCause::StopAtStep => 0,
+        StopCause::MaxSteps
+        | StopCause::MaxMinutes
+        | StopCause::TargetReached
+        | StopCause::StopAtStep => 0,
         StopCause::Interrupted => 130,
         StopCause::Terminated => 143,
     }

@@ -11,7 +11,7 @@
 //! `scripts/nanogpt_to_safetensors.py` (compiled into the binary) with PyTorch's python;
 //! the script only changes the container, all checks and renaming happen here.
 
-use crate::config::{Arch, ModelConfig, Preset};
+use crate::config::{Arch, ModelConfig, Optimizer, Preset, TrainConfig};
 use crate::model::Gpt;
 use crate::run::checkpoint::{self, DataSpec, State, LATEST};
 use crate::tokenizer::{Tokenizer, CHAR_VOCAB_SIZE};
@@ -248,7 +248,11 @@ fn write_run(run_dir: &Path, vs: &nn::VarStore, cfg: &ModelConfig) -> Result<Pat
         ));
     }
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    let train = Preset::Small.train();
+    // The imported model is nanoGPT's GPT-2, trained with AdamW.
+    let train = TrainConfig {
+        optimizer: Optimizer::AdamW,
+        ..Preset::Small.train()
+    };
     let opt = AdamW::new(&FlatParams::new(vs), &train); // zero moments, step 0
     let state = State::new(
         cfg.clone(),

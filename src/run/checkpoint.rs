@@ -62,6 +62,18 @@ pub struct State {
     pub elapsed_s: f64,
     /// Steps skipped because the loss or gradient was not finite.
     pub nonfinite_skipped: u64,
+    /// Where `--target-bpb` was met, which ended the schedule's plan early.
+    #[serde(default)]
+    pub target_reached: Option<TargetReached>,
+}
+
+/// The evaluation that met `--target-bpb`: the learning rate's decay began after this
+/// step, this far into training (the clock the schedule reads).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetReached {
+    pub step: Step,
+    pub elapsed_s: f64,
+    pub val_bpb: f64,
 }
 
 impl State {
@@ -84,6 +96,7 @@ impl State {
             data,
             elapsed_s: 0.0,
             nonfinite_skipped: 0,
+            target_reached: None,
         }
     }
 }

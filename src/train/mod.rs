@@ -37,7 +37,7 @@ use crate::config::{ModelConfig, Schedule, TrainConfig};
 use crate::data::{Batches, TokenStreams};
 use crate::model::bits_per_byte;
 use crate::model::flops;
-use crate::run::checkpoint::{self, DataSpec, OptimizerState, State, BEST, LATEST};
+use crate::run::checkpoint::{self, DataSpec, OptimizerState, State, TargetReached, BEST, LATEST};
 use crate::run::lock::RunLock;
 use crate::run::metrics::{MetricsWriter, Record};
 use crate::runtime::device::Dtype;
@@ -88,6 +88,8 @@ pub struct StopFlags {
 pub enum StopCause {
     MaxSteps,
     MaxMinutes,
+    /// `--target-bpb` was met and the decay that followed it is done.
+    TargetReached,
     /// `--stop-at-step`: a planned pause; `--resume` continues on the same schedule.
     StopAtStep,
     /// SIGINT (Ctrl-C); the CLI exits with 130.
@@ -206,8 +208,14 @@ impl<'a> Run<'a> {
             "model: {} parameters ({:.2}M), {} layers, {} heads, n_embd {}, context {}{arch}; {} tokens/step on {:?}{}",
             trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device, ranks.describe()
         ));
-        let schedule = LrSchedule::new(tcfg);
-        if state.step >= tcfg.max_steps || schedule.out_of_time(state.elapsed_s) {
+        let mut schedule = LrSchedule::new(tcfg);
+        let mut state = state;
+        state.target_reached = state.target_reached.filter(|t| still_met(tcfg, t));
+        if let Some(t) = state.target_reached {
+            schedule.end_early(t.step, t.elapsed_s);
+            bar.set_length(schedule.total);
+        }
+        if state.step >= schedule.total || schedule.out_of_time(state.elapsed_s) {
             let bpt = streams.report.val_bytes_per_token();
             return already_done(opts, &bar, &state, bpt).map(Opened::AlreadyDone);
         }
@@ -277,15 +285,20 @@ impl<'a> Run<'a> {
         } else {
             self.local_stop
         };
-        let cause = if step >= tcfg.max_steps {
-            StopCause::MaxSteps
+        let early = self.state.target_reached.is_some();
+        let cause = if step >= self.schedule.total || self.deadline_reached {
+            match (early, step >= tcfg.max_steps) {
+                (true, _) => StopCause::TargetReached,
+                (false, true) => StopCause::MaxSteps,
+                (false, false) => StopCause::MaxMinutes,
+            }
         } else if interrupt {
             StopCause::Interrupted
         } else if terminate {
             StopCause::Terminated
         } else if tcfg.stop_at_step.is_some_and(|s| step >= s) {
             StopCause::StopAtStep
-        } else if out_of_time || self.deadline_reached {
+        } else if out_of_time {
             StopCause::MaxMinutes
         } else {
             return true;
@@ -376,7 +389,7 @@ impl<'a> Run<'a> {
         // once, from the clock every rank shares, so they agree on it and the loop
         // stops on the very decision that evaluated this step).
         self.deadline_reached = self.schedule.out_of_time(self.schedule_clock());
-        let is_last = self.state.step == tcfg.max_steps || self.deadline_reached;
+        let is_last = self.state.step >= self.schedule.total || self.deadline_reached;
         let due_eval = self.state.step.is_multiple_of(tcfg.eval_every) || is_last;
         let due_save = self.state.step.is_multiple_of(tcfg.checkpoint_every) && !is_last;
         let writer = self.ranks.is_writer();
@@ -391,13 +404,62 @@ impl<'a> Run<'a> {
         if self.nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW {
             return Err(self.diverged()?);
         }
+        if due_eval && !is_last {
+            // The other ranks wait while rank 0 evaluates, and learn what it found.
+            let met = val_loss.map_or(f64::NAN, |v| self.target_met(v));
+            let met = self.ranks.writers_value(met)?;
+            if met.is_finite() {
+                self.end_early(met);
+            }
+        }
         if due_save {
             self.save(LATEST)?;
         }
-        if due_eval || due_save {
+        if due_save || (due_eval && is_last) {
             self.ranks.wait_for_writer()?; // the other ranks wait while rank 0 works
         }
         Ok(())
+    }
+
+    /// Validation loss `v` in bits per byte if it meets `--target-bpb` for the first
+    /// time while the learning rate is at its peak, else NaN.
+    fn target_met(&self, v: f64) -> f64 {
+        let bpb = bits_per_byte(v, self.val_bytes_per_token);
+        let met = self.opts.train.target_bpb.is_some_and(|t| bpb <= t)
+            && self.state.target_reached.is_none()
+            && !self
+                .schedule
+                .is_decaying(self.state.step, self.schedule_clock());
+        if met {
+            bpb
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// `--target-bpb` was met (at `val_bpb`) by this step: decay from here, then stop.
+    fn end_early(&mut self, val_bpb: f64) {
+        let (step, elapsed_s) = (self.state.step, self.schedule_clock());
+        self.schedule.end_early(step, elapsed_s);
+        self.state.target_reached = Some(TargetReached {
+            step,
+            elapsed_s,
+            val_bpb,
+        });
+        self.bar.set_length(self.schedule.total);
+        if self.ranks.is_writer() {
+            let by_time = match self.schedule.budget_s {
+                Some(b) => format!(" or {:.1} minutes of training", b / 60.0),
+                None => String::new(),
+            };
+            log_line(
+                &self.bar,
+                format!(
+                    "step {step}: validation reached --target-bpb ({val_bpb:.3} bits/byte); the learning rate decays until step {}{by_time}, whichever comes first",
+                    self.schedule.total
+                ),
+            );
+        }
     }
 
     /// The validation loss; a new best is saved to `ckpt-best`.
@@ -666,6 +728,13 @@ fn progress_bar(quiet: bool, max_steps: u64, position: u64) -> ProgressBar {
     );
     bar.set_position(position);
     bar
+}
+
+/// Whether an early end recorded in a checkpoint still holds: the run's target (maybe
+/// changed on `--resume`) is one the evaluation then met. A lower target, or none,
+/// returns the run to its full plan.
+fn still_met(tcfg: &TrainConfig, reached: &TargetReached) -> bool {
+    tcfg.target_bpb.is_some_and(|t| reached.val_bpb <= t)
 }
 
 /// A resumed run already at `--max-steps`: nothing to train, the checkpoint stays.

@@ -331,6 +331,23 @@ impl LrSchedule {
         by_steps.max(by_time).min(1.0)
     }
 
+    /// Whether the learning rate has left its peak for the final decay.
+    pub fn is_decaying(&self, step: Step, elapsed_s: f64) -> bool {
+        self.progress(step, elapsed_s) >= 1.0 - DECAY_FRACTION
+    }
+
+    /// Ends the plan early (`--target-bpb` was met): the decay starts at `step`,
+    /// `elapsed_s` seconds in, and lasts `DECAY_FRACTION / (1 - DECAY_FRACTION)` of the
+    /// run so far, counted in steps and, with a time budget, in seconds; whichever end
+    /// comes first ends it, as always.
+    pub fn end_early(&mut self, step: Step, elapsed_s: f64) {
+        let stretch = 1.0 / (1.0 - DECAY_FRACTION);
+        // The guard keeps 7 / 0.7 = 10.000000000000002 at 10 steps.
+        let steps = (step as f64 * stretch - 1e-9).ceil() as Step;
+        self.total = self.total.min(steps.max(step + 1));
+        self.budget_s = self.budget_s.map(|b| b.min(elapsed_s * stretch));
+    }
+
     /// Whether the run has reached its end (the time budget's; `max_steps` is checked by
     /// the loop itself).
     pub fn out_of_time(&self, elapsed_s: f64) -> bool {
@@ -460,5 +477,33 @@ mod tests {
             last = lr;
         }
         assert!((last - 1e-4).abs() < 1e-18, "ends at the floor: {last}");
+    }
+
+    #[test]
+    fn an_early_end_decays_from_the_peak_over_three_sevenths_of_the_run_so_far() {
+        // Met at step 70, 35 s into a 1000-step, 600 s plan.
+        let mut s = budget(600.0);
+        assert!(!s.is_decaying(70, 35.0));
+        s.end_early(70, 35.0);
+        assert_eq!(s.total, 100, "70 steps are the stable 70 % of 100");
+        assert!((s.budget_s.unwrap() - 50.0).abs() < 1e-12);
+        assert!((s.at(69, 34.0) - 1e-3).abs() < 1e-15, "the peak until then");
+        assert!(s.is_decaying(70, 35.0));
+        // Halfway through the decay by steps (the clock is behind): halfway down.
+        assert!((s.at(85, 40.0) - 5.5e-4).abs() < 1e-12);
+        // The clock ends it first when it runs ahead; the steps when they do.
+        assert!(s.out_of_time(50.0));
+        assert_eq!(s.at(100, 45.0), 1e-4);
+        // 7 / 0.7 is 10.000000000000002 in floating point: still 10 steps.
+        let mut s = budget(600.0);
+        s.end_early(7, 1.0);
+        assert_eq!(s.total, 10);
+        // Without a time budget only the steps end it.
+        let mut s = LrSchedule {
+            shape: Schedule::Budget,
+            ..schedule()
+        };
+        s.end_early(70, 35.0);
+        assert_eq!((s.total, s.budget_s), (100, None));
     }
 }

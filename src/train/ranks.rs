@@ -328,6 +328,18 @@ impl Ranks {
         Ok(())
     }
 
+    /// Rank 0's `value` on every rank; the others wait here until rank 0 sends it
+    /// (what an evaluation, which only rank 0 runs, decided).
+    pub fn writers_value(&mut self, value: f64) -> Result<f64> {
+        let Some(group) = self.group.as_mut() else {
+            return Ok(value);
+        };
+        let mut t = Tensor::from_slice(&[value]).to(self.device);
+        let result = group.broadcast(&mut t, 0);
+        result.map_err(|e| self.explain("receiving rank 0's evaluation", e))?;
+        Ok(t.to_kind(Kind::Double).double_value(&[0]))
+    }
+
     /// Everyone waits here until rank 0 has evaluated or written a checkpoint.
     pub fn wait_for_writer(&mut self) -> Result<()> {
         let Some(group) = self.group.as_mut() else {
