@@ -17,7 +17,7 @@ export LIBTORCH = $(shell [ -x $(VENV)/bin/python ] && $(VENV)/bin/python -c "im
 export LIBTORCH_CXX11_ABI := 1
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test build early-crates libtorch libtorch-full lint fixtures bench clean
+.PHONY: demo test build libtorch-early-crates early-crates libtorch libtorch-full lint fixtures bench clean
 
 demo: build
 	@if [ -f $(RUN)/ckpt-latest/state.json ]; then \
@@ -35,9 +35,12 @@ test: libtorch-full
 # mostly waiting on the network): `early-crates` builds all it can with --keep-going,
 # and torch-sys, which needs libtorch, fails there on purpose (log in .cache/). Then the
 # rest: torch-sys, tch and sympathy.
-build:
-	@$(MAKE) --no-print-directory -j2 libtorch early-crates
+build: libtorch-early-crates
 	cargo build --release
+
+# A target of its own, so that `build` reads LIBTORCH once libtorch is there.
+libtorch-early-crates:
+	@$(MAKE) --no-print-directory -j2 libtorch early-crates
 
 # Only on a first install: later, pointing LIBTORCH elsewhere would rebuild torch-sys.
 FIRST_INSTALL := $(if $(wildcard $(VENV)/bin/python),,yes)
