@@ -382,7 +382,8 @@ impl<'a> Run<'a> {
 
     /// Every `--eval-every` steps and at the last: the validation loss, saved as the
     /// best checkpoint when it is. Then the step's metrics line, the stop after too many
-    /// non-finite steps, and every `--checkpoint-every` steps the latest checkpoint.
+    /// non-finite steps, the early end when an evaluation meets `--target-bpb`, and
+    /// every `--checkpoint-every` steps the latest checkpoint.
     fn evaluate_and_checkpoint(&mut self, loss: f64, grad_norm: f64) -> Result<()> {
         let tcfg = &self.opts.train;
         // The last step of the run: at --max-steps, or at a time budget's deadline (read
