@@ -271,6 +271,26 @@ def sensitivity_check(model, x, logits):
     assert moved > 1e-4, "the fixture cannot tell GELU variants apart; scale the weights up"
 
 
+def cross_entropy(logits, y):
+    """Mean loss over every position: (B, T, V), (B, T) -> ()."""
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+
+
+def first_pass(model, x, y):
+    """One forward and backward of a fixture's batch: its names for the parameters, the
+    tensors every fixture stores (batch, weights, logits, gradients), the logits and
+    the loss. The gradients stay in `.grad`."""
+    params = sympathy_names(model)
+    tensors = {"x": x, "y": y}
+    tensors.update({f"weights.{n}": p.detach().clone() for n, p in params.items()})
+    logits = model(x)
+    loss = cross_entropy(logits, y)
+    loss.backward()
+    tensors["logits"] = logits.detach().clone()
+    tensors.update({f"grads.{n}": p.grad.clone() for n, p in params.items()})
+    return params, tensors, logits.detach(), loss
+
+
 def adamw_like_sympathy(model):
     """PyTorch's own AdamW, configured as sympathy's optimizer: two groups, weight decay
     only for tensors with 2 or more dimensions. Callers set each group's lr per step."""
@@ -293,16 +313,8 @@ def parity_fixtures():
     model = Gpt(**cfg)
     randomize(model, seed=1337)
     x, y = batch(4, cfg["block_size"])
-    params = sympathy_names(model)
-    tensors = {"x": x, "y": y}
-    tensors.update({f"weights.{n}": p.detach().clone() for n, p in params.items()})
-
-    logits = model(x)
-    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
-    loss.backward()
-    tensors["logits"] = logits.detach().clone()
-    sensitivity_check(model, x, logits.detach())
-    tensors.update({f"grads.{n}": p.grad.clone() for n, p in params.items()})
+    params, tensors, logits, loss = first_pass(model, x, y)
+    sensitivity_check(model, x, logits)
     model.zero_grad(set_to_none=True)
 
     opt = adamw_like_sympathy(model)
@@ -312,7 +324,7 @@ def parity_fixtures():
         for group in opt.param_groups:
             group["lr"] = lr
         logits = model(x)
-        loss_k = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+        loss_k = cross_entropy(logits, y)
         loss_k.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), TRAIN["grad_clip"])
         opt.step()
@@ -344,14 +356,7 @@ def modern_fixtures():
     model = ModernGpt(**cfg)
     randomize(model, seed=2024)
     x, y = batch(4, cfg["block_size"])
-    params = sympathy_names(model)
-    tensors = {"x": x, "y": y}
-    tensors.update({f"weights.{n}": p.detach().clone() for n, p in params.items()})
-    logits = model(x)
-    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
-    loss.backward()
-    tensors["logits"] = logits.detach().clone()
-    tensors.update({f"grads.{n}": p.grad.clone() for n, p in params.items()})
+    _, tensors, logits, loss = first_pass(model, x, y)
     ROPE_PAIRS = "interleaved"
     with torch.no_grad():
         moved = ((model(x) - logits).abs().max() / logits.abs().max()).item()
@@ -367,7 +372,7 @@ def modern_fixtures():
     opt.step()
     with torch.no_grad():
         after = model(x)
-        loss_after = F.cross_entropy(after.view(-1, after.shape[-1]), y.view(-1))
+        loss_after = cross_entropy(after, y)
     save_file(tensors, os.path.join(OUT, "modern.safetensors"))
     model_cfg = dict(
         cfg, dropout=0.0, pos="rope", norm="rmsnorm", qk_norm=True, mlp="relu2",
