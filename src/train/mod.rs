@@ -190,7 +190,7 @@ impl<'a> Run<'a> {
         let writer = check_run_folder(opts, ranks.is_writer())?;
         let (streams, train_batches, val_batches) = load_data(opts, &tokenizer, &mut ranks)?;
         let eval_starts = val_batches.eval_starts(tcfg.eval_windows);
-        let (trainer, state) = build_trainer(opts, tokenizer)?;
+        let (trainer, mut state) = build_trainer(opts, tokenizer)?;
         start_from_writers_state(&mut ranks, &trainer)?;
         let bar = progress_bar(opts.quiet || !ranks.is_writer(), tcfg.max_steps, state.step);
         let tokens_per_step = (tcfg.batch_size * cfg.block_size * tcfg.grad_accum) as u64;
@@ -209,7 +209,6 @@ impl<'a> Run<'a> {
             trainer.n_params(), trainer.n_params() as f64 / 1e6, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, tokens_per_step, opts.device, ranks.describe()
         ));
         let mut schedule = LrSchedule::new(tcfg);
-        let mut state = state;
         state.target_reached = state.target_reached.filter(|t| still_met(tcfg, t));
         if let Some(t) = state.target_reached {
             schedule.end_early(t.step, t.elapsed_s);
