@@ -243,6 +243,10 @@ pub struct TrainConfig {
     /// Muon's momentum μ (Nesterov).
     #[serde(default = "default_muon_momentum")]
     pub muon_momentum: f64,
+    /// The number format of Muon's Newton–Schulz products (f32 in runs saved before
+    /// there was a choice, so that they resume exactly as they started).
+    #[serde(default = "NsPrecision::saved_before_the_choice")]
+    pub muon_precision: NsPrecision,
     pub eval_every: u64,
     /// Validation loss is the mean over this many fixed windows of the validation stream.
     pub eval_windows: i64,
@@ -291,6 +295,43 @@ impl Optimizer {
             Optimizer::AdamW => "adamw",
             Optimizer::Muon => "muon",
         }
+    }
+}
+
+/// The number format of Muon's Newton–Schulz products (see `train::muon`). Products in
+/// bf16 take half the time of f32 ones where the hardware multiplies bf16 natively, and
+/// Muon does not mind their rounding; elsewhere bf16 is emulated and slower than f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NsPrecision {
+    /// bf16 on CUDA and on CPUs with bf16 dot products (AVX512-BF16), f32 elsewhere.
+    #[default]
+    Auto,
+    /// f32 everywhere.
+    Fp32,
+    /// bf16 everywhere (emulated, and slow, on CPUs without bf16 dot products).
+    Bf16,
+}
+
+impl NsPrecision {
+    /// What a run saved before the choice existed used.
+    fn saved_before_the_choice() -> Self {
+        NsPrecision::Fp32
+    }
+
+    /// The name on the command line and in `state.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NsPrecision::Auto => "auto",
+            NsPrecision::Fp32 => "fp32",
+            NsPrecision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for NsPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -362,6 +403,7 @@ impl Preset {
             optimizer: Optimizer::AdamW,
             muon_lr: DEFAULT_MUON_LR,
             muon_momentum: default_muon_momentum(),
+            muon_precision: NsPrecision::Auto,
             eval_every: 250,
             eval_windows: 256,
             checkpoint_every: 500,

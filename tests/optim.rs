@@ -6,11 +6,12 @@
 mod common;
 
 use std::sync::Mutex;
-use sympathy::config::{Optimizer, Preset, TrainConfig};
+use sympathy::config::{NsPrecision, Optimizer, Preset, TrainConfig};
 use sympathy::model::Gpt;
 use sympathy::run::checkpoint::OptimizerState;
 use sympathy::train::data_parallel::DataParallel;
-use sympathy::train::muon::{newton_schulz, NS_STEPS};
+use sympathy::runtime::torch_ext::with_onednn;
+use sympathy::train::muon::{newton_schulz, newton_schulz_batched, NS_STEPS};
 use sympathy::train::optim::{AdamW, Optimizers};
 use sympathy::train::params::FlatParams;
 use tch::{nn, Device, Kind, Tensor};
@@ -318,30 +319,80 @@ fn newton_schulz_keeps_the_singular_vectors_and_maps_the_values_into_a_band() {
         let g = Tensor::randn(shape, (Kind::Float, Device::Cpu));
         let o = newton_schulz(&g, NS_STEPS);
         assert_eq!(o.size(), shape, "shaped like G");
-        let g = g.to_kind(Kind::Double);
-        let (u, s, v) = g.svd(true, true); // (r, k), (k), (c, k); k = min(r, c)
-        let smallest = s.min().double_value(&[]) / g.norm().double_value(&[]);
-        assert!(smallest > 0.0015, "{shape:?}: σ_min/‖G‖ = {smallest}");
-        let d = u
-            .transpose(0, 1)
-            .matmul(&o.to_kind(Kind::Double))
-            .matmul(&v); // (k, k)
-        let diag = d.diagonal(0, 0, 1);
-        let off = (&d - diag.diag_embed(0, 0, 1))
-            .abs()
-            .max()
-            .double_value(&[]);
-        let (lo, hi) = (diag.min().double_value(&[]), diag.max().double_value(&[]));
-        println!("{shape:?}: s' in [{lo:.4}, {hi:.4}], off-diagonal ≤ {off:.1e}");
-        assert!(off <= NS_TOL, "{shape:?}: off-diagonal {off:e}");
-        assert!(
-            lo >= 0.6801 - NS_TOL && hi <= 1.2024 + NS_TOL,
-            "{shape:?}: s' in [{lo}, {hi}]"
-        );
-        // Not the SVD in disguise: five steps leave the values spread over the band.
-        assert!(hi - lo > 0.1, "{shape:?}: s' in [{lo}, {hi}]");
+        assert_in_band(&g, &o, NS_TOL);
     }
 }
+
+/// `o` is `U·diag(s')·Vᵀ` for `g = U·S·Vᵀ`, with every s' in the quintic's band and the
+/// off-diagonal of `Uᵀ·o·V` within `tol` (see
+/// [`newton_schulz_keeps_the_singular_vectors_and_maps_the_values_into_a_band`]).
+fn assert_in_band(g: &Tensor, o: &Tensor, tol: f64) {
+    let shape = g.size();
+    let g = g.to_kind(Kind::Double);
+    let (u, s, v) = g.svd(true, true); // (r, k), (k), (c, k); k = min(r, c)
+    let smallest = s.min().double_value(&[]) / g.norm().double_value(&[]);
+    assert!(smallest > 0.0015, "{shape:?}: σ_min/‖G‖ = {smallest}");
+    let d = u
+        .transpose(0, 1)
+        .matmul(&o.to_kind(Kind::Double))
+        .matmul(&v); // (k, k)
+    let diag = d.diagonal(0, 0, 1);
+    let off = (&d - diag.diag_embed(0, 0, 1))
+        .abs()
+        .max()
+        .double_value(&[]);
+    let (lo, hi) = (diag.min().double_value(&[]), diag.max().double_value(&[]));
+    println!("{shape:?}: s' in [{lo:.4}, {hi:.4}], off-diagonal ≤ {off:.1e}");
+    assert!(off <= tol, "{shape:?}: off-diagonal {off:e}");
+    assert!(
+        lo >= 0.6801 - tol && hi <= 1.2024 + tol,
+        "{shape:?}: s' in [{lo}, {hi}]"
+    );
+    // Not the SVD in disguise: five steps leave the values spread over the band.
+    assert!(hi - lo > 0.1, "{shape:?}: s' in [{lo}, {hi}]");
+}
+
+/// The batched fast path in f32 is the reference, matrix by matrix: N matrices of one
+/// shape at once, each scaled by its own norm (one of them 1000 times larger, which a
+/// norm over the whole batch would get wrong). Both run the same f32 products, grouped
+/// differently, so each entry may differ by the rounding of [`NS_TOL`]'s argument.
+#[test]
+fn batched_newton_schulz_is_the_reference_matrix_by_matrix() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(12);
+    let scales = Tensor::from_slice(&[1.0f32, 1000.0, 0.01]).view([3, 1, 1]);
+    let g = Tensor::randn([3, 48, 160], (Kind::Float, Device::Cpu)) * scales;
+    let batched = newton_schulz_batched(&g, NS_STEPS, Kind::Float);
+    assert_eq!(batched.size(), g.size());
+    for i in 0..3 {
+        let want = newton_schulz(&g.get(i), NS_STEPS);
+        let diff = (batched.get(i) - &want).abs().max().double_value(&[]);
+        assert!(diff <= NS_TOL, "matrix {i}: differs by {diff:e}");
+    }
+}
+
+/// In bf16 the fast path still keeps G's singular vectors and lands its values in the
+/// band, within [`NS_BF16_TOL`].
+#[test]
+fn bf16_newton_schulz_keeps_the_singular_vectors_and_the_band() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(13);
+    let g = Tensor::randn([2, 64, 192], (Kind::Float, Device::Cpu));
+    let o = with_onednn(|| newton_schulz_batched(&g, NS_STEPS, Kind::BFloat16));
+    assert_eq!(o.kind(), Kind::Float, "returned in f32");
+    for i in 0..2 {
+        assert_in_band(&g.get(i), &o.get(i), NS_BF16_TOL);
+    }
+}
+
+/// bf16 keeps 8 bits of mantissa: each product's inputs and output round by up to 2⁻⁹
+/// of their size (products accumulate in f32). Over 15 products and 5 sums of entries
+/// ≤ 1.21, worst-case bounds compound to ≈ 0.1, but the iteration pulls every singular
+/// value back toward its band at each step, so errors do not accumulate: measured,
+/// the off-diagonal stays ≈ 0.01 and the values within 0.01 of the band. 0.03 leaves
+/// room for other summation orders; a lost transpose or a wrong coefficient moves them
+/// by ≥ 0.1.
+const NS_BF16_TOL: f64 = 0.03;
 
 /// See [`newton_schulz_keeps_the_singular_vectors_and_maps_the_values_into_a_band`].
 const NS_TOL: f64 = 5e-4;
@@ -477,6 +528,8 @@ fn muon_and_adamw_steps_match_a_pytorch_reference() {
     let tcfg = TrainConfig {
         optimizer: Optimizer::Muon,
         lr: 1e-2,
+        // The reference multiplies in f32.
+        muon_precision: NsPrecision::Fp32,
         ..Preset::Tiny.train()
     };
     tch::manual_seed(5);

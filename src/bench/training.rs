@@ -8,6 +8,7 @@ use crate::model::flops;
 use crate::runtime::device::Dtype;
 use crate::runtime::matmul_peak::matmul_peak;
 use crate::runtime::timing::{median, sync};
+use crate::train::muon;
 use crate::train::step::Trainer;
 use crate::{Error, Result};
 use serde::Serialize;
@@ -46,6 +47,8 @@ pub struct TrainReport {
     pub ms_optimizer: f64,
     /// What updated the blocks' weight matrices (`adamw` or `muon`).
     pub optimizer: Optimizer,
+    /// With Muon, what its Newton–Schulz products multiplied in (`fp32` or `bf16`).
+    pub newton_schulz: Option<&'static str>,
     /// The step's weight-matrix products alone, in ms (see `matmul_floor`): what a step
     /// would take if everything else were free.
     pub ms_matmuls: f64,
@@ -165,6 +168,12 @@ fn report(
         ms_backward: median(&times.backward),
         ms_optimizer: median(&times.optimizer),
         optimizer: b.train.optimizer,
+        newton_schulz: (b.train.optimizer == Optimizer::Muon).then(|| {
+            match muon::ns_kind(b.train.muon_precision, device) {
+                Kind::BFloat16 => "bf16",
+                _ => "fp32",
+            }
+        }),
         ms_matmuls,
         matmul_efficiency: products_gflops / peak,
         n_layer: cfg.n_layer,

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use sympathy::bench::training::{self, TrainBench};
 use sympathy::bench::{generation, serve};
-use sympathy::config::{Optimizer, Preset};
+use sympathy::config::{NsPrecision, Optimizer, Preset};
 use sympathy::run::checkpoint;
 use sympathy::runtime::device::DeviceChoice;
 use sympathy::runtime::device::Dtype as BenchDtype;
@@ -85,6 +85,9 @@ pub(crate) struct BenchTrainArgs {
     /// the preset's]
     #[arg(long, value_enum)]
     optimizer: Option<Optimizer>,
+    /// Muon's Newton–Schulz number format (see `train --muon-precision`) [default: auto]
+    #[arg(long, value_enum)]
+    muon_precision: Option<NsPrecision>,
     /// Timed steps (after the warm-up).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -180,7 +183,7 @@ pub(crate) fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
     args.shape.apply(&mut model);
     args.arch.apply(&mut model.arch);
     let mut train = args.preset.train();
-    override_fields!(train, args, [batch_size, optimizer]);
+    override_fields!(train, args, [batch_size, optimizer, muon_precision]);
     let r = training::bench_training(&TrainBench {
         model,
         train,
@@ -198,8 +201,9 @@ pub(crate) fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
             r.n_layer, r.n_head, r.n_embd, r.block_size, r.batch_size, r.n_params as f64 / 1e6, r.dtype, r.device, r.threads, r.workers
         );
         println!(
-            "step {:.1} ms = forward {:.1} + backward {:.1} + optimizer {:.1} ({}; medians of {} steps)",
-            r.ms_step, r.ms_forward, r.ms_backward, r.ms_optimizer, r.optimizer.name(), r.steps
+            "step {:.1} ms = forward {:.1} + backward {:.1} + optimizer {:.1} ({}{}; medians of {} steps)",
+            r.ms_step, r.ms_forward, r.ms_backward, r.ms_optimizer, r.optimizer.name(),
+            r.newton_schulz.map_or(String::new(), |k| format!(", Newton–Schulz in {k}")), r.steps
         );
         println!(
             "{:.0} tokens/s, {:.2} MFLOP/token (6N + 12LTC), {:.1} GFLOP/s = {:.1}% MFU of the measured {:.1} GFLOP/s matmul peak",

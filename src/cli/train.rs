@@ -8,8 +8,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use sympathy::config::{
-    Activation, Arch, ModelConfig, Normalization, Optimizer, Positions, Preset, Schedule,
-    TrainConfig,
+    Activation, Arch, ModelConfig, Normalization, NsPrecision, Optimizer, Positions, Preset,
+    Schedule, TrainConfig,
 };
 use sympathy::data;
 use sympathy::model::bits_per_byte;
@@ -253,6 +253,11 @@ pub(crate) struct TrainFlags {
     /// Muon's (Nesterov) momentum [default: 0.95]
     #[arg(long)]
     muon_momentum: Option<f64>,
+    /// The number format of Muon's Newton–Schulz products: `auto` is bf16 on CUDA and on
+    /// CPUs with bf16 dot products (AVX512-BF16), f32 elsewhere [default: auto; with
+    /// --resume, the checkpoint's]
+    #[arg(long, value_enum)]
+    muon_precision: Option<NsPrecision>,
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long)]
@@ -370,6 +375,7 @@ fn apply_train_flags(args: &TrainArgs, tcfg: &mut TrainConfig) {
             optimizer,
             muon_lr,
             muon_momentum,
+            muon_precision,
             seed,
             eval_every,
             eval_windows,
@@ -567,6 +573,11 @@ fn note_resume_changes(flags: &TrainFlags, saved: &TrainConfig) {
         differs("--grad-clip", flags.grad_clip, saved.grad_clip),
         differs("--muon-lr", flags.muon_lr, saved.muon_lr),
         differs("--muon-momentum", flags.muon_momentum, saved.muon_momentum),
+        differs(
+            "--muon-precision",
+            flags.muon_precision,
+            saved.muon_precision,
+        ),
         differs("--seed", flags.seed, saved.seed),
     ];
     for (flag, given, saved) in changed.into_iter().flatten() {

@@ -74,6 +74,16 @@ pub fn onednn() -> bool {
     unsafe { sympathy_mkldnn_enabled() }
 }
 
+/// `f()` with oneDNN on, the switch restored after: for bf16 products on the CPU inside
+/// a process that keeps it off.
+pub fn with_onednn<T>(f: impl FnOnce() -> T) -> T {
+    let before = onednn();
+    set_onednn(true);
+    let out = f();
+    set_onednn(before);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
