@@ -1,6 +1,7 @@
 //! Embeds an rpath to the project-local libtorch so the binary runs without
 //! LD_LIBRARY_PATH, and compiles `csrc/torch_ext.cpp` (the few libtorch functions tch
-//! does not bind, see `src/torch_ext.rs`) and `csrc/c10d.cpp` (c10d with Gloo, see
+//! does not bind, see `src/torch_ext.rs`), `csrc/fused.cpp` (fused CPU kernels with
+//! their autograd, see `src/model/fused.rs`) and `csrc/c10d.cpp` (c10d with Gloo, see
 //! `src/train/distributed.rs`) against the same libtorch's headers. Where the CUDA and
 //! NCCL headers are present too, it also builds `csrc/c10d_nccl.cpp` as a shared
 //! library of its own, loaded only when training on GPUs.
@@ -38,6 +39,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PYTHON");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=csrc/torch_ext.cpp");
+    println!("cargo:rerun-if-changed=csrc/fused.cpp");
     for f in ["csrc/c10d.cpp", "csrc/c10d_ops.h", "csrc/c10d_nccl.cpp"] {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -55,6 +57,17 @@ fn main() {
             .flag(&include)
             .file("csrc/torch_ext.cpp")
             .compile("sympathy_torch_ext");
+        cc::Build::new()
+            .cpp(true)
+            .std("c++17")
+            .flag("-isystem")
+            .flag(&include)
+            .flag("-isystem")
+            .flag(include.join("torch/csrc/api/include"))
+            // `#pragma omp simd` reductions vectorise; no OpenMP runtime is involved.
+            .flag("-fopenmp-simd")
+            .file("csrc/fused.cpp")
+            .compile("sympathy_fused");
         compile_c10d_gloo(&include);
         compile_c10d_nccl(&dir, &include);
         // The wrapper calls into these; list them after it so the linker keeps them.

@@ -104,11 +104,22 @@ pub(crate) struct BenchTrainArgs {
     /// libtorch's intra-op threads alone).
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// `fused`: ReLU², RMSNorm and QK-norm with RoPE through sympathy's fused CPU
+    /// kernels, as `train` runs them; `libtorch`: through libtorch's ops, the reference
+    #[arg(long, value_enum, default_value = "fused")]
+    kernels: Kernels,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
     #[arg(long, value_enum, default_value = "auto")]
     device: DeviceChoice,
+}
+
+/// Which kernels the model's elementwise layers take (see `model::fused`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kernels {
+    Fused,
+    Libtorch,
 }
 
 #[derive(Args)]
@@ -179,6 +190,7 @@ pub(crate) fn cmd_bench_train(args: BenchTrainArgs) -> Result<()> {
         // bf16 matmuls on the CPU are oneDNN's; without it they crawl (see torch_ext).
         sympathy::runtime::torch_ext::set_onednn(true);
     }
+    sympathy::model::fused::set_enabled(args.kernels == Kernels::Fused);
     let mut model = args.preset.model(Tokenizer::default().vocab_size());
     args.shape.apply(&mut model);
     args.arch.apply(&mut model.arch);

@@ -21,7 +21,7 @@
 use crate::config::ModelConfig;
 use crate::model::kv_cache::LayerCache;
 use crate::model::rope::{At, Rope};
-use crate::model::{dropout, linear, project, residual_std, RmsNorm, INIT_STD};
+use crate::model::{dropout, fused, linear, project, residual_std, RmsNorm, INIT_STD};
 use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
@@ -67,21 +67,40 @@ impl CausalSelfAttention {
     }
 
     /// The new positions' q, k, v (3, B, H, T, D), at positions `at` -> the queries
-    /// (B, H, T, D) and the keys and values stacked (2, B, H, T, D), as attention compares
-    /// them: q and k normalised per head (QK-norm), then rotated to their positions
-    /// (RoPE), where the config says so; untouched views for GPT-2.
+    /// (B, H, T, D) and the keys and values stacked (2, B, H, T, D), as a cache takes
+    /// them (see [`CausalSelfAttention::place_qk`]); untouched views for GPT-2.
     pub(super) fn place(&self, qkv: &Tensor, at: At) -> (Tensor, Tensor) {
         if self.q_norm.is_none() && self.rope.is_none() {
             return (qkv.get(0), qkv.narrow(0, 1, 2));
         }
-        let (mut q, mut k) = (qkv.get(0), qkv.get(1));
+        let (q, k) = self.place_qk(qkv.get(0), qkv.get(1), at);
+        (q, Tensor::stack(&[k, qkv.get(2)], 0))
+    }
+
+    /// q, k (B, H, T, D) at positions `at`, as attention compares them: normalised per
+    /// head (QK-norm), then rotated to their positions (RoPE), where the config says
+    /// so. Both at once in the fused kernel where it applies.
+    fn place_qk(&self, q: Tensor, k: Tensor, at: At) -> (Tensor, Tensor) {
+        if let (Some(q_norm), Some(k_norm), Some(rope), At::Start(start)) =
+            (&self.q_norm, &self.k_norm, &self.rope, at)
+        {
+            if fused::applies(&q) {
+                let tables = rope.tables(start, q.size()[2]);
+                let rotated = (&tables.0, &tables.1);
+                return (
+                    q_norm.forward_rotated(&q, rotated),
+                    k_norm.forward_rotated(&k, rotated),
+                );
+            }
+        }
+        let (mut q, mut k) = (q, k);
         if let (Some(q_norm), Some(k_norm)) = (&self.q_norm, &self.k_norm) {
             (q, k) = (q_norm.forward(&q), k_norm.forward(&k));
         }
         if let Some(rope) = &self.rope {
             (q, k) = (rope.rotate(&q, at), rope.rotate(&k, at));
         }
-        (q, Tensor::stack(&[k, qkv.get(2)], 0))
+        (q, k)
     }
 
     /// (B, H, T, D) -> (B, T, C), then the output projection (and residual dropout).
@@ -95,14 +114,18 @@ impl CausalSelfAttention {
     /// keys and values are appended to the cache and the queries attend to all of them.
     pub fn forward(&self, x: &Tensor, cache: Option<&mut LayerCache>, train: bool) -> Tensor {
         let qkv = self.qkv(x);
-        let t_past = cache.as_ref().map_or(0, |c| c.len());
+        let dropout = if train { self.dropout } else { 0.0 };
+        let Some(cache) = cache else {
+            // One `unbind` rather than three `get`s: autograd then assembles the
+            // gradient of qkv in one stack, not three zero-filled copies added up.
+            let [q, k, v] = <[Tensor; 3]>::try_from(qkv.unbind(0)).expect("q, k, v");
+            let (q, k) = self.place_qk(q, k, At::Start(0));
+            return self.merge(sdpa(&q, &k, &v, Mask::Causal, dropout), train);
+        };
+        let t_past = cache.len();
         let (q, kv_new) = self.place(&qkv, At::Start(t_past));
         let t_new = q.size()[2];
-        let (k, v) = match cache {
-            None => (kv_new.get(0), kv_new.get(1)),
-            Some(cache) => cache.append(&kv_new), // (B, H, T_past + T, D)
-        };
-        let dropout = if train { self.dropout } else { 0.0 };
+        let (k, v) = cache.append(&kv_new); // (B, H, T_past + T, D)
         let mask = if t_past == 0 {
             Mask::Causal // square: the kernel builds the mask itself
         } else if t_new == 1 {

@@ -6,7 +6,7 @@
 //! as a ReLU, and smooth at 0 like GELU.
 
 use crate::config::{Activation, ModelConfig};
-use crate::model::{dropout, linear, project, residual_std, INIT_STD};
+use crate::model::{dropout, fused, linear, project, residual_std, INIT_STD};
 use tch::{nn, Tensor};
 
 #[derive(Debug)]
@@ -35,8 +35,17 @@ impl Mlp {
     }
 }
 
-/// The nonlinearity, elementwise: exact (erf) GELU as nanoGPT's `nn.GELU()`, or relu(x)².
+/// The nonlinearity, elementwise: exact (erf) GELU as nanoGPT's `nn.GELU()`, or relu(x)²
+/// (the fused kernel on the CPU in f32, libtorch's `relu` and `square` elsewhere).
 pub fn activate(x: &Tensor, activation: Activation) -> Tensor {
+    match activation {
+        Activation::Relu2 if fused::applies(x) => fused::relu2(x),
+        _ => activate_reference(x, activation),
+    }
+}
+
+/// [`activate`] in libtorch's ops alone: the reference of the fused kernel.
+pub fn activate_reference(x: &Tensor, activation: Activation) -> Tensor {
     match activation {
         Activation::Gelu => x.gelu("none"),
         Activation::Relu2 => x.relu().square(),

@@ -16,6 +16,7 @@ pub mod batch_decode;
 pub mod block;
 pub mod decode;
 pub mod flops;
+pub mod fused;
 pub mod gpt;
 pub mod kv_cache;
 pub mod mlp;

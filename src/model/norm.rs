@@ -8,6 +8,7 @@
 //! uses RMSNorm over each head's queries and keys.
 
 use crate::config::{ModelConfig, Normalization};
+use crate::model::fused;
 use tch::{nn, Tensor};
 
 /// The epsilon of both norms, GPT-2's LayerNorm's (and nanochat's RMSNorm's order).
@@ -55,10 +56,26 @@ impl RmsNorm {
         RmsNorm { weight, size }
     }
 
-    /// x: (…, size) -> (…, size), normalised over the last dimension (libtorch's
-    /// `rms_norm`, which accumulates in fp32 for bf16 inputs).
+    /// x: (…, size) -> (…, size), normalised over the last dimension: the fused kernel
+    /// on the CPU in f32, [`RmsNorm::forward_reference`] elsewhere.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if fused::applies(x) {
+            return fused::rms_norm(x, &self.weight, EPS, None);
+        }
+        self.forward_reference(x)
+    }
+
+    /// libtorch's `rms_norm` (which accumulates in fp32 for bf16 inputs): the reference
+    /// of the fused kernel.
+    pub fn forward_reference(&self, x: &Tensor) -> Tensor {
         x.rms_norm([self.size], Some(&self.weight), EPS)
+    }
+
+    /// x (…, T, size) normalised, then each pair (i, i + size/2) rotated by the angle
+    /// whose cos and sin are `rope`, (T, size/2) each: QK-norm then RoPE, as one fused
+    /// kernel. Only where the kernels apply ([`fused::applies`]).
+    pub fn forward_rotated(&self, x: &Tensor, rope: (&Tensor, &Tensor)) -> Tensor {
+        fused::rms_norm(x, &self.weight, EPS, Some(rope))
     }
 }
 

@@ -64,6 +64,12 @@ impl Rope {
         }
     }
 
+    /// cos and sin of the `t` positions from `start`, (t, D/2) each, as the fused kernel
+    /// ([`super::fused::rms_norm`]) takes them.
+    pub fn tables(&self, start: i64, t: i64) -> (Tensor, Tensor) {
+        (self.cos.narrow(0, start, t), self.sin.narrow(0, start, t))
+    }
+
     /// x (B, H, T, D) rotated to the positions `at` -> (B, H, T, D).
     pub fn rotate(&self, x: &Tensor, at: At) -> Tensor {
         let (cos, sin) = match at {

@@ -115,7 +115,10 @@ pub fn newton_schulz(g: &Tensor, steps: usize) -> Tensor {
 pub fn newton_schulz_batched(g: &Tensor, steps: usize, kind: Kind) -> Tensor {
     let (a, b, c) = NS_COEFFICIENTS;
     let g = g.to_kind(Kind::Float);
-    let norms = g.square().sum_dim_intlist(&[1i64, 2][..], true, Kind::Float).sqrt(); // (N, 1, 1)
+    let norms = g
+        .square()
+        .sum_dim_intlist(&[1i64, 2][..], true, Kind::Float)
+        .sqrt(); // (N, 1, 1)
     let mut x = (&g / (norms + 1e-7)).to_kind(kind); // (N, r, c)
     for _ in 0..steps {
         let a_mat = x.bmm(&x.transpose(1, 2)); // (N, r, r)
