@@ -64,8 +64,8 @@ impl Rope {
         }
     }
 
-    /// cos and sin of the `t` positions from `start`, (t, D/2) each, as the fused kernel
-    /// ([`super::fused::rms_norm`]) takes them.
+    /// cos and sin of the `t` positions from `start`, (t, D/2) each, as the rotation
+    /// and the fused kernel ([`super::fused::rms_norm`]) take them.
     pub fn tables(&self, start: i64, t: i64) -> (Tensor, Tensor) {
         (self.cos.narrow(0, start, t), self.sin.narrow(0, start, t))
     }
@@ -75,7 +75,7 @@ impl Rope {
         let (cos, sin) = match at {
             At::Start(p) => {
                 let t = x.size()[2];
-                (self.cos.narrow(0, p, t), self.sin.narrow(0, p, t)) // (T, D/2)
+                self.tables(p, t) // (T, D/2) each
             }
             At::Rows(pos) => {
                 let b = pos.size()[0];

@@ -230,11 +230,6 @@ impl Muon {
         }
     }
 
-    /// What Newton–Schulz multiplies in.
-    pub fn kind(&self) -> Kind {
-        self.kind
-    }
-
     /// One Muon update at learning rate `lr` of every hidden matrix of `params`, from
     /// the gradients in `params` (already averaged and clipped).
     pub fn step(&mut self, params: &mut FlatParams, lr: f64) {
