@@ -7,6 +7,10 @@ EMPTY     :=
 # way: the small preset's 14-minute budget, or an evaluation at 1.75 bits/char, after
 # which the rate decays for 3/7 of the run so far (README, "Stopping on quality").
 DEMO_TARGET := --target-bpb 1.75
+# One data-parallel worker per core this process may use (`nproc` honours taskset): for
+# the small model that is faster than libtorch's intra-op threads (docs/performance.md).
+# `make demo WORKERS=1` trains with intra-op threads instead.
+WORKERS ?= $(shell nproc)
 # Extra flags for the demo's training run, e.g. `make demo DEMO_FLAGS='--max-steps 50'`.
 DEMO_FLAGS ?=
 RUN       := runs/default
@@ -21,9 +25,9 @@ export PATH := $(VENV)/bin:$(PATH)
 
 demo: build
 	@if [ -f $(RUN)/ckpt-latest/state.json ]; then \
-	    $(BIN) train --out $(RUN) --resume $(DEMO_FLAGS); \
+	    $(BIN) train --out $(RUN) --resume --workers $(WORKERS) $(DEMO_FLAGS); \
 	else \
-	    $(BIN) train --out $(RUN) $(DEMO_TARGET) $(DEMO_FLAGS); \
+	    $(BIN) train --out $(RUN) $(DEMO_TARGET) --workers $(WORKERS) $(DEMO_FLAGS); \
 	fi
 	@printf '%s' '$(PROMPT)'
 	@$(BIN) generate --checkpoint $(RUN) --temperature 0 --max-tokens 60 --prompt '$(PROMPT)'

@@ -91,12 +91,14 @@ def sympathy(args, tokens):
     shutil.copytree(tokens, out / "tokens")  # the cache, so nothing is re-tokenised
     cmd = [args.bin, "train", "--out", str(out), "--preset", "small", "--arch", "gpt2",
            "--optimizer", "adamw", "--schedule", "cosine", "--max-steps", str(args.iters),
-           "--warmup-steps", "10", "--eval-every", str(10**9), "--checkpoint-every", str(10**9)]
+           "--warmup-steps", "10", "--eval-every", str(10**9), "--checkpoint-every", str(10**9),
+           *(f for k, v in SHAPE.items() for f in (f"--{k.replace('_', '-')}", str(v)))]
     subprocess.run(cmd, check=True, capture_output=True)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     shutil.rmtree(out)
-    return statistics.median(1e3 * 2048 / r["tokens_per_s"] for r in records
+    tokens_per_step = SHAPE["batch_size"] * SHAPE["block_size"]
+    return statistics.median(1e3 * tokens_per_step / r["tokens_per_s"] for r in records
                              if r["step"] > args.skip and r.get("val_loss") is None)
 
 
