@@ -89,7 +89,16 @@ pub fn bench_training(b: &TrainBench) -> Result<TrainReport> {
     let (bsz, t) = (tcfg.batch_size, cfg.block_size);
     let window = Tensor::randint(cfg.vocab_size, [bsz, t + 1], (Kind::Int64, device));
     let (x, y) = (window.narrow(1, 0, t), window.narrow(1, 1, t)); // (B, T), (B, T)
-    let peak = matmul_peak(device, b.dtype).0;
+
+    // The MFU scale. On the CPU it is the fp32 peak, as `bench matmul` measures there:
+    // without native bf16 (AVX2) libtorch's bf16 products fall back to a plain loop that
+    // would take minutes to probe at the peak's sizes.
+    let peak_dtype = if device == Device::Cpu {
+        Dtype::Fp32
+    } else {
+        b.dtype
+    };
+    let peak = matmul_peak(device, peak_dtype).0;
     let mut times = PhaseTimes::default();
     let mut loss_value = f64::NAN;
     for i in 0..b.warmup + b.steps {
